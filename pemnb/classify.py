@@ -1,0 +1,109 @@
+"""A classifier bench: one backbone with one module attached, to train modules and evaluate any state.
+
+The backbone is loaded once; every evaluation writes a module state into the live model in place
+(:func:`pemnb.modules.write_state`) and reuses tokenised, length-bucketed batches, so a λ sweep costs
+one forward pass over the evaluation set per λ.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Callable, Iterable, Mapping
+
+import torch
+
+from . import arithmetic, data
+from .backbones import load_backbone
+from .cache import Cache
+from .evaluate import EvalBatches, classify
+from .modules import attach, read_state, write_state, lora_scaling
+from .profiles import Profile
+from .train import train_module
+
+
+def fingerprint(ds) -> str:
+    """SHA-256 of a dataset's rows (what a module was trained on), for cache keys."""
+    h = hashlib.sha256()
+    for row in ds:
+        h.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:20]
+
+
+class ClassifierBench:
+    """Backbone + one attached module (`kind`) for a GLUE-style task."""
+
+    def __init__(self, profile: Profile, task: str, kind: str, *, cache: Cache | None = None,
+                 progress: bool = True):
+        self.profile, self.task, self.kind, self.progress = profile, task, kind, progress
+        self.spec = data.get_spec(task)
+        self.cache = cache if cache is not None else Cache()
+        model, self.tokenizer = load_backbone(profile.encoder, "classification", self.spec.num_labels,
+                                              seed=profile.seed, device=profile.device)
+        self.model = attach(model, kind, r=profile.lora_r, alpha=profile.lora_alpha, init_seed=profile.seed)
+        # The shared initialisation every module of this bench starts from (same LoRA A, same head).
+        self.init_state = read_state(self.model)
+
+    # ------------------------------------------------------------------------------------ data
+    def examples(self, ds) -> list[dict]:
+        return data.tokenize_classification(ds, self.task, self.tokenizer, self.profile.max_length)
+
+    def batches(self, ds, batch_size: int = 64) -> EvalBatches:
+        """Evaluation batches for `ds`, built once and reused for every state evaluated on it."""
+        device = next(self.model.parameters()).device
+        return EvalBatches(self.examples(ds), self.tokenizer.pad_token_id, batch_size, device)
+
+    # ------------------------------------------------------------------------------------ train
+    def module_key(self, ds, tag: str, seed: int, steps: int, lr: float) -> dict:
+        p = self.profile
+        return {"what": "classifier-module", "task": self.task, "kind": self.kind, "tag": tag,
+                "encoder": p.encoder, "max_length": p.max_length, "lora_r": p.lora_r,
+                "lora_alpha": p.lora_alpha, "init_seed": p.seed, "seed": seed, "steps": steps, "lr": lr,
+                "batch_size": p.batch_size, "data": fingerprint(ds), "n": len(ds)}
+
+    def train(self, ds, *, tag: str, seed: int | None = None, steps: int | None = None,
+              lr: float | None = None) -> dict[str, torch.Tensor]:
+        """Train a module on `ds` from the shared init (or fetch it from the cache); returns its state."""
+        p = self.profile
+        seed = p.seed if seed is None else seed
+        steps = steps or p.steps
+        lr = lr or p.lr[self.kind]
+        parts = self.module_key(ds, tag, seed, steps, lr)
+        hit = self.cache.get_module(parts)
+        if hit is not None:
+            return hit[0]
+        write_state(self.model, self.init_state)
+        result = train_module(self.model, self.examples(ds), steps=steps, lr=lr, batch_size=p.batch_size,
+                              seed=seed, pad_token_id=self.tokenizer.pad_token_id,
+                              checkpoint_dir=self.cache.scratch(parts), desc=f"{self.kind} {tag}",
+                              progress=self.progress)
+        state = read_state(self.model)
+        self.cache.put_module(parts, state, self.kind,
+                              {"losses": result.losses[-20:], "seconds": result.seconds, **parts})
+        return state
+
+    # ------------------------------------------------------------------------------------ evaluate
+    def evaluate(self, state: Mapping[str, torch.Tensor], batches: EvalBatches) -> dict[str, float]:
+        """GLUE metrics of the model carrying module `state`."""
+        write_state(self.model, state)
+        return classify(self.model, batches, self.task)
+
+    def evaluate_many(self, states: Mapping[str, Mapping[str, torch.Tensor]], batches: EvalBatches,
+                      **labels) -> list[dict]:
+        """Rows {module: name, metric…, **labels} for several named states."""
+        return [{"module": name, **labels, **self.evaluate(state, batches)} for name, state in states.items()]
+
+    def sweep(self, compose: Callable[[float], Mapping[str, torch.Tensor]], grid: Iterable[float],
+              batches: EvalBatches, **labels) -> list[dict]:
+        """Rows {lam, metric…, **labels}: `compose(λ)` written into the live model and evaluated."""
+        rows = []
+        for lam in grid:
+            rows.append({"lam": float(lam), **labels, **self.evaluate(compose(lam), batches)})
+        return rows
+
+    def scaling(self) -> float:
+        """α/r of the LoRA module (for ΔW)."""
+        return lora_scaling(self.model)
+
+    def identity(self) -> dict[str, torch.Tensor]:
+        """The state that leaves the backbone unchanged (head left at its shared init)."""
+        return arithmetic.identity_like(self.init_state, self.kind)

@@ -1,0 +1,308 @@
+"""Evaluation: GLUE metrics, classifier predictions, label-word scoring and constrained generation,
+perplexity with a sliding window, sampling, and toxicity scorers (Detoxify or a shipped fallback)."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+# --------------------------------------------------------------------------------------- metrics
+METRICS = {  # GLUE convention: what each task reports, the first one is the headline
+    "cola": ("mcc",), "sst2": ("accuracy",), "mrpc": ("accuracy", "f1"), "qqp": ("accuracy", "f1"),
+    "stsb": ("pearson", "spearman"), "mnli": ("accuracy",), "qnli": ("accuracy",), "rte": ("accuracy",),
+}
+
+
+def task_of(name: str) -> str:
+    return name.split("/")[-1]
+
+
+def headline_metric(task: str) -> str:
+    """The metric a task is ranked by (Matthews corr. for CoLA, Pearson for STS-B, else accuracy)."""
+    return METRICS.get(task_of(task), ("accuracy",))[0]
+
+
+def glue_metrics(task: str, predictions, labels) -> dict[str, float]:
+    """GLUE metrics for one task. `predictions`: class ids, or scores for STS-B (regression)."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    p, y = np.asarray(predictions), np.asarray(labels)
+    if p.shape[0] != y.shape[0]:
+        raise ValueError(f"{len(p)} predictions for {len(y)} labels")
+    if len(y) == 0:
+        raise ValueError("no examples to score")
+    out = {}
+    for m in METRICS.get(task_of(task), ("accuracy",)):
+        if m == "accuracy":
+            out[m] = float(accuracy_score(y, p))
+        elif m == "f1":
+            out[m] = float(f1_score(y, p))
+        elif m == "mcc":
+            out[m] = float(matthews_corrcoef(y, p))
+        elif m == "pearson":
+            out[m] = float(pearsonr(p, y)[0]) if np.std(p) > 0 else 0.0
+        elif m == "spearman":
+            out[m] = float(spearmanr(p, y)[0]) if np.std(p) > 0 else 0.0
+    return out
+
+
+# --------------------------------------------------------------------------------------- batching
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches of example indices sorted by length, so each batch pads to nearly its own length."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+
+class EvalBatches:
+    """Tokenised, length-bucketed, padded evaluation batches, built once and reused at every λ."""
+
+    def __init__(self, examples: Sequence[dict], pad_token_id: int, batch_size: int = 64, device=None):
+        from .train import pad_collate
+
+        collate = pad_collate(pad_token_id)
+        self.n = len(examples)
+        self.buckets = length_buckets([len(e["input_ids"]) for e in examples], batch_size)
+        feats = [{k: v for k, v in e.items() if k != "labels"} for e in examples]
+        self.batches = [{k: v.to(device) if device else v for k, v in collate([feats[i] for i in b]).items()}
+                        for b in self.buckets]
+        self.labels = np.asarray([e["labels"] for e in examples]) if examples and "labels" in examples[0] else None
+
+    @torch.no_grad()
+    def logits(self, model) -> np.ndarray:
+        """Model outputs for every example, in the original order."""
+        model.eval()
+        device = next(model.parameters()).device
+        out = [None] * self.n
+        for idx, batch in zip(self.buckets, self.batches):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = logits[j]
+        return np.stack(out)
+
+
+def classify(model, batches: EvalBatches, task: str) -> dict[str, float]:
+    """GLUE metrics of a sequence classifier on prepared batches."""
+    logits = batches.logits(model)
+    preds = logits[:, 0] if logits.shape[1] == 1 else logits.argmax(-1)
+    return glue_metrics(task, preds, batches.labels)
+
+
+# ----------------------------------------------------------------------------- answer-word scoring
+def _answer_ids(tokenizer, choices: Sequence[str]) -> list[list[int]]:
+    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+    if any(len(x) == 0 for x in ids):
+        raise ValueError(f"a choice tokenises to nothing: {choices}")
+    return ids
+
+
+@torch.no_grad()
+def score_choices(model, tokenizer, prompts: Sequence[str], choices: Sequence[str], batch_size: int = 16,
+                  progress: bool = False) -> np.ndarray:
+    """Log-probability of each allowed answer after each prompt, shape (n_prompts, n_choices).
+
+    Single-token answers (e.g. " yes"/" no"): ONE forward pass per batch reads the next-token
+    distribution, exact. Multi-token answers: the mean token log-probability (length-normalised), one
+    pass per choice. Works for decoder-only and encoder-decoder (T5) models.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    ans = _answer_ids(tokenizer, choices)
+    enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+    single = all(len(a) == 1 for a in ans)
+    out = np.zeros((len(prompts), len(choices)), dtype=np.float64)
+    order = length_buckets([len(p) for p in prompts], batch_size)
+    pad_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # so the last position is the prompt's last token
+    try:
+        for idx in tqdm(order, desc="scoring", disable=not progress):
+            batch_prompts = [prompts[i] for i in idx]
+            enc = tokenizer(batch_prompts, return_tensors="pt", padding=True).to(device)
+            if single and not enc_dec:
+                logp = torch.log_softmax(model(**enc).logits[:, -1].float(), -1)
+                out[idx] = logp[:, [a[0] for a in ans]].cpu().numpy()
+                continue
+            for c, a in enumerate(ans):
+                out[idx, c] = _sequence_logprob(model, tokenizer, enc, a, enc_dec).cpu().numpy()
+    finally:
+        tokenizer.padding_side = pad_side
+    return out
+
+
+def _sequence_logprob(model, tokenizer, enc, answer: list[int], enc_dec: bool) -> torch.Tensor:
+    """Mean log-probability of `answer` following each (left-padded) prompt in `enc`."""
+    n = enc["input_ids"].shape[0]
+    a = torch.tensor(answer, device=enc["input_ids"].device).expand(n, -1)
+    if enc_dec:
+        logits = model(**enc, labels=a).logits.float()
+        logp = torch.log_softmax(logits, -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
+        return logp.mean(-1)
+    ids = torch.cat([enc["input_ids"], a], 1)
+    mask = torch.cat([enc["attention_mask"], torch.ones_like(a)], 1)
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    k = a.shape[1]
+    logp = torch.log_softmax(logits[:, -k - 1:-1], -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
+    return logp.mean(-1)
+
+
+@torch.no_grad()
+def constrained_generate(model, tokenizer, prompts: Sequence[str], choices: Sequence[str], num_beams: int = 5,
+                         batch_size: int = 8, progress: bool = False) -> list[int]:
+    """Index of the answer HF ``generate`` picks with beam search restricted to `choices`.
+
+    Parity with the paper's constrained decoding. transformers 5 moved ``force_words_ids`` to a hub
+    repository, so the restriction is a ``prefix_allowed_tokens_fn`` over a trie of the answers.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    ans = _answer_ids(tokenizer, choices)
+    eos = tokenizer.eos_token_id
+    enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+    longest = max(len(a) for a in ans)
+    preds: list[int] = []
+    pad_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc="generating", disable=not progress):
+            batch = list(prompts[start:start + batch_size])
+            enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+            width = 1 if enc_dec else enc["input_ids"].shape[1]  # T5's decoder starts with one token
+
+            def allowed(_, sent):
+                done = sent[width:].tolist()
+                nxt = {a[len(done)] for a in ans if len(a) > len(done) and a[:len(done)] == done}
+                return sorted(nxt) if nxt else [eos]
+
+            gen = model.generate(**enc, num_beams=num_beams, max_new_tokens=longest + 1, do_sample=False,
+                                 prefix_allowed_tokens_fn=allowed, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=eos)
+            for row in gen[:, width:].tolist():
+                row = [t for t in row if t not in (eos, tokenizer.pad_token_id)]
+                preds.append(next((i for i, a in enumerate(ans) if a == row[:len(a)]), -1))
+    finally:
+        tokenizer.padding_side = pad_side
+    return preds
+
+
+# --------------------------------------------------------------------------------------- language
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int = 512,
+               max_tokens: int | None = None, progress: bool = False) -> float:
+    """Perplexity of `text` with a sliding window (HF's recipe): windows of `max_length` tokens moved by
+    `stride`, each token scored once with up to max_length − stride tokens of context."""
+    from tqdm.auto import tqdm
+
+    if stride <= 0 or stride > max_length:
+        raise ValueError(f"need 0 < stride <= max_length, got stride={stride}, max_length={max_length}")
+    model.eval()
+    device = next(model.parameters()).device
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if max_tokens is not None:
+        ids = ids[:, :max_tokens]
+    n = ids.shape[1]
+    if n < 2:
+        raise ValueError("text is too short to score")
+    nll, count, prev_end = 0.0, 0, 0
+    for begin in tqdm(range(0, n, stride), desc="perplexity", disable=not progress):
+        end = min(begin + max_length, n)
+        trg = end - prev_end
+        chunk = ids[:, begin:end].to(device)
+        labels = chunk.clone()
+        labels[:, :-trg] = -100
+        out = model(input_ids=chunk, labels=labels)
+        scored = int((labels[:, 1:] != -100).sum())
+        nll += float(out.loss) * scored
+        count += scored
+        prev_end = end
+        if end == n:
+            break
+    return math.exp(nll / count)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompt: str, n: int, *, top_k: int = 50, temperature: float = 1.0,
+           max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16, progress: bool = True) -> list[str]:
+    """`n` sampled continuations of `prompt` (prompt included), top-k / temperature sampling, seeded."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    enc = tokenizer(prompt, return_tensors="pt").to(device)
+    texts: list[str] = []
+    torch.manual_seed(seed)
+    with tqdm(total=n, desc="sampling", disable=not progress) as bar:
+        while len(texts) < n:
+            k = min(batch_size, n - len(texts))
+            gen = model.generate(**{key: v.expand(k, -1) for key, v in enc.items()}, do_sample=True,
+                                 top_k=top_k, temperature=temperature, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)
+            texts += tokenizer.batch_decode(gen, skip_special_tokens=True)
+            bar.update(k)
+    return texts
+
+
+# --------------------------------------------------------------------------------------- toxicity
+class ToxicityScorer:
+    """Callable texts → toxicity probabilities in [0, 1]; `name` says which model produced them."""
+
+    def __init__(self, name: str, fn: Callable[[list[str]], np.ndarray], note: str = ""):
+        self.name, self._fn, self.note = name, fn, note
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        return np.asarray(self._fn(texts), dtype=float) if texts else np.zeros(0)
+
+    def __repr__(self):
+        return f"ToxicityScorer({self.name!r})"
+
+
+def _detoxify(variant: str = "original") -> ToxicityScorer:
+    from detoxify import Detoxify
+
+    model = Detoxify(variant, device="cuda" if torch.cuda.is_available() else "cpu")
+
+    def fn(texts):
+        scores = []
+        for i in range(0, len(texts), 32):
+            scores.extend(np.atleast_1d(model.predict(texts[i:i + 32])["toxicity"]).tolist())
+        return np.asarray(scores)
+
+    return ToxicityScorer(f"detoxify-{variant}", fn, "Detoxify (Hanu, 2020), the paper's scorer")
+
+
+def _profanity() -> ToxicityScorer:
+    from profanity_check import predict_prob
+
+    return ToxicityScorer("alt-profanity-check", lambda t: predict_prob(t),
+                          "alt-profanity-check: a linear SVM on bag-of-words, shipped inside its wheel. "
+                          "It detects profanity, not toxicity in Detoxify's sense; numbers are not "
+                          "comparable to the paper's.")
+
+
+def load_toxicity_scorer(prefer: str = "auto") -> ToxicityScorer:
+    """Detoxify when its weights can be had, otherwise alt-profanity-check, with a loud warning.
+
+    prefer: 'auto' (Detoxify, falling back), 'detoxify' (no fallback) or 'profanity'.
+    """
+    if prefer not in ("auto", "detoxify", "profanity"):
+        raise ValueError(f"prefer must be 'auto', 'detoxify' or 'profanity', got {prefer!r}")
+    if prefer == "profanity":
+        return _profanity()
+    try:
+        return _detoxify()
+    except Exception as e:  # no network for its checkpoint, package missing, …
+        if prefer == "detoxify":
+            raise
+        msg = (f"Detoxify could not be loaded ({type(e).__name__}: {str(e)[:120]}). FALLING BACK to "
+               "alt-profanity-check: toxicity numbers below are NOT Detoxify scores and are not comparable "
+               "with the paper's.")
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        print("!" * 100 + "\n" + msg + "\n" + "!" * 100)
+        return _profanity()

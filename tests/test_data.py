@@ -1,0 +1,65 @@
+"""Dataset registry: local mirror, clear errors, deterministic subsampling."""
+import json
+
+import pytest
+
+from pemnb import data
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_local_mirror_is_read_in_the_hub_schema(tmp_path, monkeypatch):
+    rows = [{"sentence1": f"a{i}", "sentence2": f"b{i}", "label": i % 2, "idx": i} for i in range(10)]
+    write_jsonl(tmp_path / "glue" / "rte" / "train.jsonl", rows)
+    monkeypatch.setenv("PEMNB_DATA_DIR", str(tmp_path))
+    ds = data.load("glue/rte", "train")
+    assert len(ds) == 10 and ds[3] == rows[3]
+
+
+def test_missing_dataset_says_where_it_looked_and_how_to_provide_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEMNB_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(data.DataNotFound) as e:
+        data.load("glue/mnli", "train")
+    msg = str(e.value)
+    assert str(tmp_path / "glue" / "mnli" / "train.jsonl") in msg
+    assert "offline" in msg and "PEMNB_DATA_DIR" in msg
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.load("glue/nope", "train")
+
+
+def test_subsample_is_deterministic_and_split_off_is_disjoint(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "glue" / "sst2" / "validation.jsonl",
+                [{"sentence": f"s{i}", "label": i % 2, "idx": i} for i in range(50)])
+    monkeypatch.setenv("PEMNB_DATA_DIR", str(tmp_path))
+    ds = data.load("glue/sst2", "validation")
+    a, b, c = data.subsample(ds, 10, 0), data.subsample(ds, 10, 0), data.subsample(ds, 10, 1)
+    assert a["idx"] == b["idx"] and a["idx"] != c["idx"] and len(a) == 10
+    assert len(data.subsample(ds, 500, 0)) == 50
+    first, rest = data.split_off(ds, 20, seed=0)
+    assert len(first) == 20 and len(rest) == 30 and not set(first["idx"]) & set(rest["idx"])
+    with pytest.raises(ValueError):
+        data.split_off(ds, 50, seed=0)
+
+
+def test_tokenize_classification_pairs_and_regression(tmp_path, monkeypatch):
+    from pemnb.backbones import smoke_tokenizer
+
+    write_jsonl(tmp_path / "glue" / "stsb" / "train.jsonl",
+                [{"sentence1": "a cat", "sentence2": "a dog", "label": 2.4, "idx": 0}])
+    monkeypatch.setenv("PEMNB_DATA_DIR", str(tmp_path))
+    ex = data.tokenize_classification(data.load("glue/stsb", "train"), "glue/stsb", smoke_tokenizer(), 32)
+    assert ex[0]["labels"] == pytest.approx(2.4) and isinstance(ex[0]["labels"], float)
+    assert ex[0]["input_ids"].count(smoke_tokenizer().sep_token_id) == 2  # a sentence pair
+
+
+def test_real_offline_data_has_the_documented_sizes(shared_data):
+    assert len(data.load("glue/rte", "train")) == 2490
+    assert len(data.load("glue/mnli", "validation_matched")) == 9815
+    assert len(data.load("civil_comments", "test")) == 1674

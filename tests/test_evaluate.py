@@ -1,0 +1,87 @@
+"""Metrics, answer scoring vs constrained generation, perplexity, toxicity scorers."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pemnb import evaluate as E
+from pemnb.backbones import load_backbone
+
+
+def test_glue_metrics_against_hand_computed_values():
+    y, p = [1, 0, 1, 1, 0, 0], [1, 0, 0, 1, 1, 0]
+    assert E.glue_metrics("glue/sst2", p, y) == {"accuracy": pytest.approx(4 / 6)}
+    m = E.glue_metrics("mrpc", p, y)
+    assert m["f1"] == pytest.approx(2 / 3)  # tp=2, fp=1, fn=1
+    # MCC = (tp*tn - fp*fn)/sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)) = (4-1)/9
+    assert E.glue_metrics("cola", p, y)["mcc"] == pytest.approx(3 / 9)
+    s = E.glue_metrics("stsb", [0.1, 0.4, 0.35, 0.8], [0.0, 1.0, 2.0, 3.0])
+    assert s["pearson"] == pytest.approx(np.corrcoef([0.1, 0.4, 0.35, 0.8], [0, 1, 2, 3])[0, 1])
+    assert s["spearman"] == pytest.approx(0.8)
+    assert E.headline_metric("glue/cola") == "mcc" and E.headline_metric("rte") == "accuracy"
+    with pytest.raises(ValueError, match="predictions"):
+        E.glue_metrics("rte", [1, 0], [1])
+
+
+def test_length_buckets_cover_every_index_once():
+    b = E.length_buckets([5, 1, 3, 9, 2], 2)
+    assert sorted(i for x in b for i in x) == list(range(5))
+    assert b[0] == [1, 4]
+
+
+@pytest.mark.parametrize("name", ["smoke-llama", "smoke-t5"])
+def test_one_pass_scoring_agrees_with_constrained_beam_search(name):
+    task = "seq2seq" if name == "smoke-t5" else "causal_lm"
+    model, tok = load_backbone(name, task, seed=0, device="cpu")
+    prompts = [f"does sentence {i} imply sentence {i + 1} ? please answer yes or no ." for i in range(12)]
+    choices = ["yes", "no", "maybe"]
+    scores = E.score_choices(model, tok, prompts, choices)
+    assert scores.shape == (12, 3) and np.all(scores <= 0)
+    generated = E.constrained_generate(model, tok, prompts, choices, num_beams=5)
+    assert generated == scores.argmax(1).tolist()
+
+
+def test_multi_token_scoring_is_length_normalised():
+    model, tok = load_backbone("smoke-llama", "causal_lm", seed=0, device="cpu")
+    s = E.score_choices(model, tok, ["the answer is"], ["positive", "not at all negative"])
+    assert s.shape == (1, 2) and np.isfinite(s).all()
+
+
+def test_perplexity_single_window_equals_exp_loss_and_stride_is_checked():
+    model, tok = load_backbone("smoke-llama", "causal_lm", seed=0, device="cpu")
+    text = "the quick brown fox jumps over the lazy dog " * 3
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        direct = math.exp(float(model(input_ids=ids, labels=ids).loss))
+    assert E.perplexity(model, tok, text, max_length=256, stride=256) == pytest.approx(direct, rel=1e-5)
+    windowed = E.perplexity(model, tok, text, max_length=8, stride=4)
+    assert windowed > 1 and math.isfinite(windowed)
+    with pytest.raises(ValueError, match="stride"):
+        E.perplexity(model, tok, text, max_length=8, stride=16)
+
+
+def test_sampling_is_seeded():
+    model, tok = load_backbone("smoke-llama", "causal_lm", seed=0, device="cpu")
+    a = E.sample(model, tok, "I don't care if this is controversial", 3, max_new_tokens=5, seed=1, progress=False)
+    b = E.sample(model, tok, "I don't care if this is controversial", 3, max_new_tokens=5, seed=1, progress=False)
+    assert a == b and len(a) == 3
+
+
+def test_profanity_scorer_ranks_an_insult_above_a_greeting():
+    scorer = E.load_toxicity_scorer("profanity")
+    s = scorer(["you are a stupid idiot", "have a lovely day"])
+    assert scorer.name == "alt-profanity-check" and s[0] > 0.5 > s[1]
+
+
+def test_fallback_is_loud_and_named(monkeypatch, capsys):
+    def broken():
+        raise OSError("no network")
+
+    monkeypatch.setattr(E, "_detoxify", broken)
+    with pytest.warns(RuntimeWarning, match="FALLING BACK"):
+        scorer = E.load_toxicity_scorer()
+    assert scorer.name == "alt-profanity-check"
+    assert "FALLING BACK" in capsys.readouterr().out
+    with pytest.raises(OSError):
+        E.load_toxicity_scorer("detoxify")
