@@ -120,9 +120,12 @@ def smollm2_dir() -> Path:
         config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)  # atomic: a half-written copy is never found at `target`
+        try:
+            os.replace(tmp, target)  # atomic: a half-written copy is never found at `target`
+        except OSError:
+            if not (target / "model.safetensors").exists():  # not another process's finished copy
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
