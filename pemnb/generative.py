@@ -1,0 +1,177 @@
+"""The decoder side: prompt→answer and plain-text LM examples, 128-token chunk pairs, and a bench that
+holds one generative backbone with one module attached (train cached, then score answers, perplexity,
+sampling — every state written into the live model in place)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import arithmetic
+from .backbones import get_backbone, load_backbone
+from .cache import Cache
+from .evaluate import perplexity, sample, score_choices
+from .modules import attach, lora_scaling, read_state, write_state
+from .profiles import Profile
+from .train import train_module
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_answer_examples(tokenizer, prompts: Sequence[str], answers: Sequence[str], max_length: int,
+                           encoder_decoder: bool = False) -> list[dict]:
+    """Supervised examples where only the answer (and a closing EOS) is scored.
+
+    Decoder-only: input = prompt + answer + EOS, labels = -100 on the prompt. Encoder-decoder (T5):
+    input = prompt, labels = answer + EOS. Prompts are cut from the left so the answer always fits.
+    """
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts for {len(answers)} answers")
+    eos = [tokenizer.eos_token_id]
+    out = []
+    for p, a in zip(prompts, answers):
+        p_ids, a_ids = _ids(tokenizer, p), _ids(tokenizer, a) + eos
+        if encoder_decoder:
+            out.append({"input_ids": p_ids[-max_length:], "attention_mask": [1] * len(p_ids[-max_length:]),
+                        "labels": a_ids[:max_length]})
+            continue
+        room = max(1, max_length - len(a_ids))
+        p_ids = p_ids[-room:]
+        ids = (p_ids + a_ids)[:max_length]
+        out.append({"input_ids": ids, "attention_mask": [1] * len(ids),
+                    "labels": ([-100] * len(p_ids) + a_ids)[:max_length]})
+    return out
+
+
+def lm_examples(tokenizer, texts: Iterable[str], max_length: int) -> list[dict]:
+    """Plain language-modelling examples (every token scored), one per non-empty text, EOS-terminated."""
+    out = []
+    for t in texts:
+        ids = (_ids(tokenizer, t) + [tokenizer.eos_token_id])[:max_length]
+        if len(ids) > 1:
+            out.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)})
+    return out
+
+
+def chunk_pairs(tokenizer, texts: Iterable[str], chunk: int = 128) -> list[tuple[list[int], list[int]]]:
+    """The paper's LM data for domain transfer: all text concatenated, cut into `chunk`-token pieces,
+    and consecutive pieces paired as (input = chunk i, target = chunk i+1)."""
+    if chunk <= 0:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    stream: list[int] = []
+    for t in texts:
+        stream += _ids(tokenizer, t)
+    pieces = [stream[i:i + chunk] for i in range(0, len(stream) - chunk + 1, chunk)]
+    return list(zip(pieces[:-1], pieces[1:]))
+
+
+def pair_examples(pairs: Sequence[tuple[list[int], list[int]]], encoder_decoder: bool = False) -> list[dict]:
+    """Token-id (input, target) pairs → training examples scored on the target only."""
+    out = []
+    for src, tgt in pairs:
+        if encoder_decoder:
+            out.append({"input_ids": list(src), "attention_mask": [1] * len(src), "labels": list(tgt)})
+        else:
+            ids = list(src) + list(tgt)
+            out.append({"input_ids": ids, "attention_mask": [1] * len(ids),
+                        "labels": [-100] * len(src) + list(tgt)})
+    return out
+
+
+def fingerprint_examples(examples: Sequence[Mapping]) -> str:
+    """SHA-256 of tokenised examples (what a module was trained on), for cache keys."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps({k: e[k] for k in sorted(e)}, default=str).encode())
+    return h.hexdigest()[:20]
+
+
+class DecoderBench:
+    """One generative backbone (decoder-only, or T5) with one module attached."""
+
+    def __init__(self, profile: Profile, kind: str, *, backbone: str | None = None, cache: Cache | None = None,
+                 lora_r: int | None = None, lora_alpha: int | None = None, progress: bool = True):
+        self.profile, self.kind, self.progress = profile, kind, progress
+        self.backbone = backbone or profile.decoder
+        self.cache = cache if cache is not None else Cache()
+        self.encoder_decoder = get_backbone(self.backbone).family == "t5"
+        task = "seq2seq" if self.encoder_decoder else "causal_lm"
+        model, self.tokenizer = load_backbone(self.backbone, task, seed=profile.seed, device=profile.device)
+        self.r, self.alpha = lora_r or profile.lora_r, lora_alpha or profile.lora_alpha
+        self.model = attach(model, kind, r=self.r, alpha=self.alpha, init_seed=profile.seed)
+        self.init_state = read_state(self.model)
+
+    # ------------------------------------------------------------------------------------ data
+    def qa_examples(self, prompts: Sequence[str], answers: Sequence[str]) -> list[dict]:
+        return prompt_answer_examples(self.tokenizer, prompts, answers, self.profile.max_length,
+                                      self.encoder_decoder)
+
+    def text_examples(self, texts: Iterable[str]) -> list[dict]:
+        return lm_examples(self.tokenizer, texts, self.profile.max_length)
+
+    # ------------------------------------------------------------------------------------ train
+    def train(self, examples: Sequence[dict], *, tag: str, steps: int | None = None, lr: float | None = None,
+              batch_size: int | None = None, seed: int | None = None, start: Mapping | None = None,
+              extra_key: Mapping | None = None) -> dict[str, torch.Tensor]:
+        """Train a module on tokenised `examples` (cached), from the shared init or from `start`
+        (a state to continue training, e.g. an instruction-tuned LoRA)."""
+        p = self.profile
+        steps, lr = steps or p.steps, lr or p.lr[self.kind]
+        batch_size, seed = batch_size or p.batch_size, p.seed if seed is None else seed
+        parts = {"what": "decoder-module", "backbone": self.backbone, "kind": self.kind, "tag": tag,
+                 "r": self.r, "alpha": self.alpha, "init_seed": p.seed, "seed": seed, "steps": steps, "lr": lr,
+                 "batch_size": batch_size, "data": fingerprint_examples(examples), "n": len(examples),
+                 "start": fingerprint_examples([{k: v.tolist() for k, v in sorted(start.items())}]) if start else None,
+                 **(extra_key or {})}
+        hit = self.cache.get_module(parts)
+        if hit is not None:
+            return hit[0]
+        write_state(self.model, start if start is not None else self.init_state)
+        result = train_module(self.model, examples, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                              pad_token_id=self.tokenizer.pad_token_id, checkpoint_dir=self.cache.scratch(parts),
+                              desc=f"{self.kind} {tag}", progress=self.progress)
+        state = read_state(self.model)
+        self.cache.put_module(parts, state, self.kind, {"losses": result.losses[-20:], "seconds": result.seconds,
+                                                         **{k: v for k, v in parts.items() if k != "start"}})
+        return state
+
+    # ------------------------------------------------------------------------------------ evaluate
+    def use(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Put a module state into the live model (in place)."""
+        write_state(self.model, state)
+
+    def choice_scores(self, state, prompts: Sequence[str], choices: Sequence[str], batch_size: int = 16) -> np.ndarray:
+        """Log-probabilities (n_prompts, n_choices) of the allowed answers under module `state`."""
+        self.use(state)
+        return score_choices(self.model, self.tokenizer, prompts, choices, batch_size, progress=self.progress)
+
+    def accuracy(self, state, prompts: Sequence[str], choices: Sequence[str], labels: Sequence[int]) -> float:
+        """Accuracy of constrained answering (argmax over `choices`) against label indices."""
+        pred = self.choice_scores(state, prompts, choices).argmax(1)
+        return float((pred == np.asarray(labels)).mean())
+
+    def perplexity(self, state, text: str, max_length: int = 1024, stride: int = 512,
+                   max_tokens: int | None = None) -> float:
+        self.use(state)
+        return perplexity(self.model, self.tokenizer, text, max_length, stride, max_tokens, progress=self.progress)
+
+    def sample(self, state, prompt: str, n: int, **kw) -> list[str]:
+        self.use(state)
+        return sample(self.model, self.tokenizer, prompt, n, progress=self.progress, **kw)
+
+    def sweep(self, compose: Callable[[float], Mapping[str, torch.Tensor]], grid: Iterable[float],
+              measure: Callable[["DecoderBench", Mapping[str, torch.Tensor]], Mapping[str, float]], **labels) -> list[dict]:
+        """Rows {lam, **measure(bench, compose(λ)), **labels} for each λ."""
+        return [{"lam": float(lam), **labels, **measure(self, compose(lam))} for lam in grid]
+
+    def scaling(self) -> float:
+        return lora_scaling(self.model)
+
+    def identity(self) -> dict[str, torch.Tensor]:
+        """The state that leaves the backbone unchanged."""
+        return arithmetic.identity_like(self.init_state, self.kind)
