@@ -21,6 +21,13 @@ from .profiles import Profile
 from .train import train_module
 
 
+def is_main_process() -> bool:
+    """True outside distributed runs, and on rank 0 inside one."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def fingerprint(ds) -> str:
     """SHA-256 of a dataset's rows (what a module was trained on), for cache keys."""
     h = hashlib.sha256()
@@ -77,8 +84,9 @@ class ClassifierBench:
                               checkpoint_dir=self.cache.scratch(parts), desc=f"{self.kind} {tag}",
                               progress=self.progress)
         state = read_state(self.model)
-        self.cache.put_module(parts, state, self.kind,
-                              {"losses": result.losses[-20:], "seconds": result.seconds, **parts})
+        if is_main_process():  # under `accelerate launch` every rank holds the same module; one writes it
+            self.cache.put_module(parts, state, self.kind,
+                                  {"losses": result.losses[-20:], "seconds": result.seconds, **parts})
         return state
 
     # ------------------------------------------------------------------------------------ evaluate
@@ -107,3 +115,41 @@ class ClassifierBench:
     def identity(self) -> dict[str, torch.Tensor]:
         """The state that leaves the backbone unchanged (head left at its shared init)."""
         return arithmetic.identity_like(self.init_state, self.kind)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train classifier modules into the cache from the command line, e.g. on several GPUs:
+
+        accelerate launch --num_processes 4 -m pemnb.classify --profile paper --task glue/rte --kind lora
+
+    The chapter notebooks then find the modules in the cache (same profile, data and code).
+    """
+    import argparse
+
+    from . import data
+    from .profiles import load_profile
+
+    ap = argparse.ArgumentParser(prog="python -m pemnb.classify", description=main.__doc__)
+    ap.add_argument("--profile", default=None, help="smoke | small | paper (default: $PEMNB_PROFILE or small)")
+    ap.add_argument("--task", required=True, help="a registered dataset, e.g. glue/rte")
+    ap.add_argument("--kind", required=True, choices=["lora", "ia3", "fft"])
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--tag", default="cli")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--save", default=None, help="also write the module to this .safetensors file")
+    args = ap.parse_args(argv)
+    profile = load_profile(args.profile)
+    ds = data.subsample(data.load(args.task, args.split), profile.train_size, seed=profile.seed)
+    bench = ClassifierBench(profile, args.task, args.kind)
+    state = bench.train(ds, tag=args.tag, steps=args.steps)
+    if is_main_process():
+        if args.save:
+            from .modules import save_module
+
+            save_module(args.save, state, args.kind, {"task": args.task, "profile": profile.name, "tag": args.tag})
+        print(f"trained {args.kind} on {args.task} ({len(ds)} rows, profile {profile.name}); "
+              f"cached under {bench.cache.dir}")
+
+
+if __name__ == "__main__":
+    main()

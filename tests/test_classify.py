@@ -1,0 +1,40 @@
+"""ClassifierBench: cached training, in-place evaluation, sweeps, and the accelerate-ready CLI."""
+import torch
+
+from pemnb import arithmetic as A
+from pemnb import data
+from pemnb.cache import Cache
+from pemnb.classify import ClassifierBench, fingerprint, main
+from pemnb.modules import load_module
+from pemnb.profiles import load_profile
+
+
+def test_bench_trains_once_evaluates_in_place_and_sweeps(shared_data, tmp_path):
+    profile = load_profile("smoke", steps=4, train_size=32, eval_size=32)
+    train = data.subsample(data.load("glue/sst2", "train"), profile.train_size, seed=0)
+    ev = data.subsample(data.load("glue/sst2", "validation"), profile.eval_size, seed=1)
+    bench = ClassifierBench(profile, "glue/sst2", "lora", cache=Cache(tmp_path), progress=False)
+    batches = bench.batches(ev)
+    theta = bench.train(train, tag="t")
+    assert bench.train(train, tag="t") is not theta  # a cache hit returns a fresh copy…
+    assert all(torch.equal(theta[k], bench.train(train, tag="t")[k]) for k in theta)  # …of the same module
+    m1 = bench.evaluate(theta, batches)
+    rows = bench.sweep(lambda lam: A.merge(theta, bench.identity(), lam, "lora"), [0.0, 1.0], batches, curve="x")
+    assert rows[1]["accuracy"] == m1["accuracy"] and rows[0]["curve"] == "x" and rows[0]["lam"] == 0.0
+    many = bench.evaluate_many({"a": theta, "b": A.negate(theta, "lora")}, batches, kind="lora")
+    assert [r["module"] for r in many] == ["a", "b"] and many[0]["accuracy"] == m1["accuracy"]
+
+
+def test_fingerprint_tracks_the_rows(shared_data):
+    ds = data.load("glue/rte", "validation")
+    assert fingerprint(ds.select(range(5))) == fingerprint(ds.select(range(5)))
+    assert fingerprint(ds.select(range(5))) != fingerprint(ds.select(range(1, 6)))
+
+
+def test_cli_trains_and_saves_a_module(shared_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PEMNB_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "rte.safetensors"
+    main(["--profile", "smoke", "--task", "glue/rte", "--kind", "ia3", "--steps", "2", "--save", str(out)])
+    state, kind, meta = load_module(out)
+    assert kind == "ia3" and meta["task"] == "glue/rte" and any(A.role(k) == "ia3_l" for k in state)
+    assert "trained ia3 on glue/rte" in capsys.readouterr().out
