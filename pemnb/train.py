@@ -73,8 +73,11 @@ def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, step: int, losses:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_module(tmp / "module.safetensors", read_state(model), kind_of(model))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "py_rng": list(random.getstate()[1])}, tmp / "optim.pt")
+    rng = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():  # dropout on the GPU draws from the CUDA generators
+        rng["cuda_rng"] = torch.cuda.get_rng_state_all()
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng},
+               tmp / "optim.pt")
     (tmp / "progress.json").write_text(json.dumps({"step": step, "losses": losses}))
     shutil.rmtree(ckpt, ignore_errors=True)
     tmp.replace(ckpt)  # the previous checkpoint is replaced only once the new one is complete
@@ -89,6 +92,8 @@ def _load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> tuple[int, list
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["torch_rng"])
+    if "cuda_rng" in extra and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(extra["cuda_rng"])
     progress = json.loads((ckpt / "progress.json").read_text())
     return progress["step"], progress["losses"]
 
@@ -112,7 +117,13 @@ def train_module(model, examples: Sequence[dict], *, steps: int, lr: float, batc
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
     kind_of(model)  # fail early if no module is attached
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # Train where the model is (a smoke model on the CPU stays there even when a GPU exists); only a
+    # multi-process launch moves it, to each process's own device. accelerate's state is a per-process
+    # singleton, so letting it place models would move every later model to the first one's device.
+    accelerator = Accelerator(device_placement=False)
+    if accelerator.num_processes > 1:
+        model.to(accelerator.device)
+    device = next(model.parameters()).device
     torch.manual_seed(seed)
     random.seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -132,7 +143,7 @@ def train_module(model, examples: Sequence[dict], *, steps: int, lr: float, batc
     rank, world = accelerator.process_index, accelerator.num_processes
     for step in range(start, steps):
         idx = order[step][rank::world]  # each process takes its share of the global batch
-        batch = {k: v.to(accelerator.device) for k, v in collate([examples[i] for i in idx]).items()}
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx]).items()}
         loss = wrapped(**batch).loss
         accelerator.backward(loss)
         optimizer.step()
