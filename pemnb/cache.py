@@ -141,6 +141,10 @@ class Cache:
         self.put_json(parts, value)
         return json.loads(json.dumps(value))  # hits and misses return the same types
 
+    def drop_scratch(self, parts: Mapping[str, Any]) -> None:
+        """Delete the work-in-progress folder of `parts` (once its result is cached)."""
+        shutil.rmtree(self.root / "scratch" / self.key(parts), ignore_errors=True)
+
     def scratch(self, parts: Mapping[str, Any]) -> Path:
         """A folder for work in progress on `parts` (e.g. training checkpoints), kept across runs."""
         d = self.root / "scratch" / self.key(parts)

@@ -13,12 +13,19 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from . import arithmetic, data
-from .backbones import load_backbone
+from .backbones import get_backbone, load_backbone
 from .cache import Cache
 from .evaluate import EvalBatches, classify
 from .modules import attach, read_state, write_state, lora_scaling
 from .profiles import Profile
 from .train import train_module
+
+
+def use_one_thread_for_tiny_models(backbone: str) -> None:
+    """Smoke models are so small that a second thread only adds synchronisation (measured 5-20× slower
+    forward passes on 2 busy cores), so they run on one."""
+    if get_backbone(backbone).source == "config":
+        torch.set_num_threads(1)
 
 
 def is_main_process() -> bool:
@@ -44,6 +51,7 @@ class ClassifierBench:
         self.profile, self.task, self.kind, self.progress = profile, task, kind, progress
         self.spec = data.get_spec(task)
         self.cache = cache if cache is not None else Cache()
+        use_one_thread_for_tiny_models(profile.encoder)
         model, self.tokenizer = load_backbone(profile.encoder, "classification", self.spec.num_labels,
                                               seed=profile.seed, device=profile.device)
         self.model = attach(model, kind, r=profile.lora_r, alpha=profile.lora_alpha, init_seed=profile.seed)
@@ -68,25 +76,28 @@ class ClassifierBench:
                 "batch_size": p.batch_size, "data": fingerprint(ds), "n": len(ds)}
 
     def train(self, ds, *, tag: str, seed: int | None = None, steps: int | None = None,
-              lr: float | None = None) -> dict[str, torch.Tensor]:
+              lr: float | None = None, weight_decay: float = 0.0) -> dict[str, torch.Tensor]:
         """Train a module on `ds` from the shared init (or fetch it from the cache); returns its state."""
         p = self.profile
         seed = p.seed if seed is None else seed
         steps = steps or p.steps
         lr = lr or p.lr[self.kind]
         parts = self.module_key(ds, tag, seed, steps, lr)
+        if weight_decay:  # only in the key when used, so earlier modules stay valid
+            parts["weight_decay"] = weight_decay
         hit = self.cache.get_module(parts)
         if hit is not None:
             return hit[0]
         write_state(self.model, self.init_state)
         result = train_module(self.model, self.examples(ds), steps=steps, lr=lr, batch_size=p.batch_size,
-                              seed=seed, pad_token_id=self.tokenizer.pad_token_id,
+                              seed=seed, pad_token_id=self.tokenizer.pad_token_id, weight_decay=weight_decay,
                               checkpoint_dir=self.cache.scratch(parts), desc=f"{self.kind} {tag}",
                               progress=self.progress)
         state = read_state(self.model)
         if is_main_process():  # under `accelerate launch` every rank holds the same module; one writes it
             self.cache.put_module(parts, state, self.kind,
                                   {"losses": result.losses[-20:], "seconds": result.seconds, **parts})
+            self.cache.drop_scratch(parts)  # the checkpoint (with optimizer state) is no longer needed
         return state
 
     # ------------------------------------------------------------------------------------ evaluate

@@ -13,6 +13,7 @@ import torch
 from . import arithmetic
 from .backbones import get_backbone, load_backbone
 from .cache import Cache
+from .classify import is_main_process, use_one_thread_for_tiny_models
 from .evaluate import perplexity, sample, score_choices
 from .modules import attach, lora_scaling, read_state, write_state
 from .profiles import Profile
@@ -101,6 +102,7 @@ class DecoderBench:
         self.cache = cache if cache is not None else Cache()
         self.encoder_decoder = get_backbone(self.backbone).family == "t5"
         task = "seq2seq" if self.encoder_decoder else "causal_lm"
+        use_one_thread_for_tiny_models(self.backbone)
         model, self.tokenizer = load_backbone(self.backbone, task, seed=profile.seed, device=profile.device)
         self.r, self.alpha = lora_r or profile.lora_r, lora_alpha or profile.lora_alpha
         self.model = attach(model, kind, r=self.r, alpha=self.alpha, init_seed=profile.seed)
@@ -136,8 +138,10 @@ class DecoderBench:
                               pad_token_id=self.tokenizer.pad_token_id, checkpoint_dir=self.cache.scratch(parts),
                               desc=f"{self.kind} {tag}", progress=self.progress)
         state = read_state(self.model)
-        self.cache.put_module(parts, state, self.kind, {"losses": result.losses[-20:], "seconds": result.seconds,
-                                                         **{k: v for k, v in parts.items() if k != "start"}})
+        if is_main_process():
+            self.cache.put_module(parts, state, self.kind, {"losses": result.losses[-20:], "seconds": result.seconds,
+                                                             **{k: v for k, v in parts.items() if k != "start"}})
+            self.cache.drop_scratch(parts)
         return state
 
     # ------------------------------------------------------------------------------------ evaluate

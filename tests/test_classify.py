@@ -16,6 +16,7 @@ def test_bench_trains_once_evaluates_in_place_and_sweeps(shared_data, tmp_path):
     bench = ClassifierBench(profile, "glue/sst2", "lora", cache=Cache(tmp_path), progress=False)
     batches = bench.batches(ev)
     theta = bench.train(train, tag="t")
+    assert not (tmp_path / "scratch").exists() or not any((tmp_path / "scratch").iterdir())  # checkpoint dropped
     assert bench.train(train, tag="t") is not theta  # a cache hit returns a fresh copy…
     assert all(torch.equal(theta[k], bench.train(train, tag="t")[k]) for k in theta)  # …of the same module
     m1 = bench.evaluate(theta, batches)
