@@ -124,7 +124,7 @@ def score_choices(model, tokenizer, prompts: Sequence[str], choices: Sequence[st
             batch_prompts = [prompts[i] for i in idx]
             enc = tokenizer(batch_prompts, return_tensors="pt", padding=True).to(device)
             if single and not enc_dec:
-                logp = torch.log_softmax(model(**enc).logits[:, -1].float(), -1)
+                logp = torch.log_softmax(_last_logits(model, enc).float(), -1)
                 out[idx] = logp[:, [a[0] for a in ans]].cpu().numpy()
                 continue
             for c, a in enumerate(ans):
@@ -132,6 +132,15 @@ def score_choices(model, tokenizer, prompts: Sequence[str], choices: Sequence[st
     finally:
         tokenizer.padding_side = pad_side
     return out
+
+
+def _last_logits(model, enc) -> torch.Tensor:
+    """Next-token logits at the last position only: projecting every position onto a 49k-word vocabulary
+    is most of a small decoder's cost, and scoring needs one position."""
+    try:
+        return model(**enc, logits_to_keep=1).logits[:, -1]
+    except TypeError:  # architectures without logits_to_keep
+        return model(**enc).logits[:, -1]
 
 
 def _sequence_logprob(model, tokenizer, enc, answer: list[int], enc_dec: bool) -> torch.Tensor:

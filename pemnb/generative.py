@@ -119,7 +119,7 @@ class DecoderBench:
     # ------------------------------------------------------------------------------------ train
     def train(self, examples: Sequence[dict], *, tag: str, steps: int | None = None, lr: float | None = None,
               batch_size: int | None = None, seed: int | None = None, start: Mapping | None = None,
-              extra_key: Mapping | None = None) -> dict[str, torch.Tensor]:
+              extra_key: Mapping | None = None, weight_decay: float = 0.0) -> dict[str, torch.Tensor]:
         """Train a module on tokenised `examples` (cached), from the shared init or from `start`
         (a state to continue training, e.g. an instruction-tuned LoRA)."""
         p = self.profile
@@ -130,11 +130,14 @@ class DecoderBench:
                  "batch_size": batch_size, "data": fingerprint_examples(examples), "n": len(examples),
                  "start": fingerprint_examples([{k: v.tolist() for k, v in sorted(start.items())}]) if start else None,
                  **(extra_key or {})}
+        if weight_decay:  # only in the key when used, so earlier modules stay valid
+            parts["weight_decay"] = weight_decay
         hit = self.cache.get_module(parts)
         if hit is not None:
             return hit[0]
         write_state(self.model, start if start is not None else self.init_state)
         result = train_module(self.model, examples, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                              weight_decay=weight_decay,
                               pad_token_id=self.tokenizer.pad_token_id, checkpoint_dir=self.cache.scratch(parts),
                               desc=f"{self.kind} {tag}", progress=self.progress)
         state = read_state(self.model)
