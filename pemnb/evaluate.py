@@ -106,7 +106,11 @@ def score_choices(model, tokenizer, prompts: Sequence[str], choices: Sequence[st
 
     Single-token answers (e.g. " yes"/" no"): ONE forward pass per batch reads the next-token
     distribution, exact. Multi-token answers: the mean token log-probability (length-normalised), one
-    pass per choice. Works for decoder-only and encoder-decoder (T5) models.
+    pass per choice. Works for decoder-only and encoder-decoder (T5) models. Prompts are tokenised with
+    the tokenizer's special tokens, as :func:`pemnb.generative.prompt_answer_examples` does in training.
+
+    Note: constrained beam search (:func:`constrained_generate`) ranks answer *and* the EOS that closes
+    it, so an untrained model can pick differently; ``pemnb.multitask.answer_eos_scores`` scores that.
     """
     from tqdm.auto import tqdm
 
@@ -146,7 +150,7 @@ def _last_logits(model, enc) -> torch.Tensor:
 def _sequence_logprob(model, tokenizer, enc, answer: list[int], enc_dec: bool) -> torch.Tensor:
     """Mean log-probability of `answer` following each (left-padded) prompt in `enc`."""
     n = enc["input_ids"].shape[0]
-    a = torch.tensor(answer, device=enc["input_ids"].device).expand(n, -1)
+    a = torch.tensor(answer, device=enc["input_ids"].device).expand(n, -1).contiguous()  # T5's loss views it
     if enc_dec:
         logits = model(**enc, labels=a).logits.float()
         logp = torch.log_softmax(logits, -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)

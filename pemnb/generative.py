@@ -30,13 +30,16 @@ def prompt_answer_examples(tokenizer, prompts: Sequence[str], answers: Sequence[
 
     Decoder-only: input = prompt + answer + EOS, labels = -100 on the prompt. Encoder-decoder (T5):
     input = prompt, labels = answer + EOS. Prompts are cut from the left so the answer always fits.
+    Prompts are tokenised with special tokens, answers without, matching evaluation.
     """
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts for {len(answers)} answers")
     eos = [tokenizer.eos_token_id]
     out = []
     for p, a in zip(prompts, answers):
-        p_ids, a_ids = _ids(tokenizer, p), _ids(tokenizer, a) + eos
+        # The prompt carries the tokenizer's special tokens (LLaMA's BOS, T5's closing </s>) exactly as
+        # evaluate.score_choices tokenises prompts at evaluation time; the answer carries none.
+        p_ids, a_ids = tokenizer(p)["input_ids"], _ids(tokenizer, a) + eos
         if encoder_decoder:
             out.append({"input_ids": p_ids[-max_length:], "attention_mask": [1] * len(p_ids[-max_length:]),
                         "labels": a_ids[:max_length]})

@@ -15,7 +15,9 @@ def test_prompt_answer_examples_score_only_the_answer():
     tok = smoke_tokenizer()
     ex = prompt_answer_examples(tok, ["does it rain ?"], ["yes"], max_length=32)[0]
     yes = tok("yes", add_special_tokens=False)["input_ids"]
-    n_prompt = len(tok("does it rain ?", add_special_tokens=False)["input_ids"])
+    prompt_ids = tok("does it rain ?")["input_ids"]  # with special tokens, as at evaluation
+    n_prompt = len(prompt_ids)
+    assert ex["input_ids"][:n_prompt] == prompt_ids
     assert ex["labels"][:n_prompt] == [-100] * n_prompt
     assert ex["labels"][n_prompt:] == yes + [tok.eos_token_id]
     assert ex["input_ids"][n_prompt:] == yes + [tok.eos_token_id]

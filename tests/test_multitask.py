@@ -1,0 +1,148 @@
+"""Multi-tasking chapter: prompts, data carving, constrained answering parity, merged-module sweeps."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pemnb import arithmetic as A
+from pemnb import multitask as M
+from pemnb.backbones import load_backbone, smoke_tokenizer
+from pemnb.cache import Cache
+from pemnb.evaluate import constrained_generate, score_choices
+from pemnb.generative import DecoderBench
+from pemnb.profiles import load_profile
+
+ROW_RTE = {"sentence1": "A cat sat.", "sentence2": "An animal sat.", "label": 0, "idx": 0}
+ROW_MNLI = {"premise": "It rained.", "hypothesis": "The ground is wet.", "label": 1, "idx": 0}
+
+
+def test_prompts_are_the_papers_and_labels_map_to_answers():
+    assert M.prompt("rte", ROW_RTE) == 'Does "A cat sat." imply that "An animal sat."? Please answer yes or no.'
+    assert M.prompt("mnli", ROW_MNLI) == ('Does "It rained." imply that "The ground is wet."? '
+                                          'Please answer yes, no or maybe.')
+    # RTE 0 = entailment → yes, 1 → no; MNLI 0 → yes, 1 (neutral) → maybe, 2 (contradiction) → no
+    assert [M.ANSWERS["rte"][M.answer_index("rte", y)] for y in (0, 1)] == ["yes", "no"]
+    assert [M.ANSWERS["mnli"][M.answer_index("mnli", y)] for y in (0, 1, 2)] == ["yes", "maybe", "no"]
+    with pytest.raises(ValueError, match="label -1"):
+        M.answer_index("rte", -1)
+    with pytest.raises(ValueError, match="unknown task"):
+        M.prompt("cola", ROW_RTE)
+
+
+def test_prompt_format_spaces_answers_only_after_a_raw_prompt():
+    assert M.PromptFormat().choices("mnli") == [" yes", " no", " maybe"]
+    assert M.PromptFormat(chat=True).choices("rte") == ["yes", "no"]
+    assert M.PromptFormat(encoder_decoder=True).choices("rte") == ["yes", "no"]
+    tok = smoke_tokenizer()
+    assert M.PromptFormat().text(tok, "Does it?") == "Does it?"
+
+
+def test_chapter_settings_merge_profile_overrides_and_keep_table_8():
+    s = M.chapter_settings(load_profile("smoke"))
+    assert s["backbone"] == "smoke-llama" and s["lam_grid"] == (0.0, 0.5, 1.0)
+    over = load_profile("smoke", chapters={"multitask": {"lam_grid": (0.0, 1.0), "chat": True}})
+    s2 = M.chapter_settings(over)
+    assert s2["lam_grid"] == (0.0, 1.0) and s2["chat"] is True and s2["train_rows"] == s["train_rows"]
+    p = M.chapter_settings(load_profile("paper"))
+    assert p["backbone"] == "t5-base" and p["lora_r"] == 32 and len(p["lam_grid"]) == 51
+    assert p["hparams"]["mnli"]["ia3"] == {"lr": 4e-3, "steps": 20000, "batch": 128}
+    assert p["hparams"]["rte"]["lora"] == {"lr": 5e-3, "steps": 4000, "batch": 32}
+    small = M.chapter_settings(load_profile("small"))
+    assert small["backbone"] == "smollm2-135m" and small["mnli_train_split"] == "validation_matched"
+
+
+def test_mnli_training_part_is_carved_disjoint_from_evaluation(shared_data):
+    s = M.chapter_settings(load_profile("smoke"))
+    mnli = M.load_task("mnli", s, seed=0)
+    assert len(mnli.train) == s["train_rows"]["mnli"] and len(mnli.eval) == s["eval_rows"]["mnli"]
+    assert not set(mnli.train["idx"]) & set(mnli.eval["idx"])
+    assert "carved" in mnli.note
+    again = M.load_task("mnli", s, seed=0)
+    assert list(again.eval["idx"]) == list(mnli.eval["idx"])  # deterministic
+    rte = M.load_task("rte", s, seed=0)
+    assert len(rte.train) == s["train_rows"]["rte"] and set(rte.eval["label"]) <= {0, 1}
+    with pytest.raises(ValueError, match="mnli_train_split"):
+        M.load_task("mnli", {**s, "mnli_train_split": "test"}, seed=0)
+
+
+@pytest.mark.parametrize("name", ["smoke-llama", "smoke-t5"])
+def test_one_pass_scoring_agrees_with_constrained_beam_search_on_task_prompts(shared_data, name):
+    enc_dec = name == "smoke-t5"
+    model, tok = load_backbone(name, "seq2seq" if enc_dec else "causal_lm", seed=0, device="cpu")
+    s = M.chapter_settings(load_profile("smoke"))
+    fmt = M.PromptFormat(encoder_decoder=enc_dec)
+    for task in M.TASKS:
+        es = M.EvalSet(task, M.load_task(task, s, seed=0).eval.select(range(6)), fmt, tok)
+        # beam search ranks answer + EOS: scoring those sequences reproduces it exactly
+        with_eos = M.answer_eos_scores(model, tok, es.prompts, es.choices)
+        beam = constrained_generate(model, tok, es.prompts, es.choices, num_beams=5)
+        assert beam == with_eos.argmax(1).tolist(), task
+        if not enc_dec:  # the core scorer's length-normalised multi-token path gives the same numbers / 2
+            core = score_choices(model, tok, es.prompts, M.with_eos(tok, es.choices))
+            np.testing.assert_allclose(core * 2, with_eos, atol=1e-4)
+        # greedy constrained decoding stops at the answer's first token: the bare one-pass scores
+        fast = score_choices(model, tok, es.prompts, es.choices).argmax(1)
+        assert constrained_generate(model, tok, es.prompts, es.choices, num_beams=1) == fast.tolist(), task
+
+
+def test_smollm2_answers_are_single_tokens():
+    d = Path.home() / ".cache" / "pemnb" / "backbones" / "smollm2-135m-instruct"
+    if not (d / "tokenizer_config.json").exists():
+        pytest.skip("SmolLM2 has not been converted on this machine (pemnb.backbones.smollm2_dir)")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(d))
+    for chat in (False, True):
+        ids = M.single_token_answers(tok, M.PromptFormat(chat=chat).choices("mnli"))
+        assert all(len(v) == 1 for v in ids.values()), ids
+        assert len({v[0] for v in ids.values()}) == 3
+
+
+def test_merge_sweep_endpoints_are_the_single_modules_and_results_are_cached(shared_data, tmp_path):
+    profile = load_profile("smoke", chapters={"multitask": {"train_rows": {"mnli": 16, "rte": 16},
+                                                           "eval_rows": {"mnli": 12, "rte": 12}}})
+    s = M.chapter_settings(profile)
+    bench = DecoderBench(profile, "lora", cache=Cache(tmp_path), lora_r=s["lora_r"], lora_alpha=s["lora_alpha"],
+                         progress=False)
+    fmt = M.PromptFormat()
+    tasks = {t: M.load_task(t, s, seed=0) for t in M.TASKS}
+    examples = {t: M.training_examples(bench, t, d.train, fmt) for t, d in tasks.items()}
+    # the answer tokens are the only scored labels: one answer token + EOS per example
+    assert all(sum(x != -100 for x in e["labels"]) == 2 for e in examples["rte"])
+    modules = M.train_task_modules(bench, examples, s["hparams"])
+    assert set(modules) == {"mnli", "rte"}
+    assert not all(torch.equal(modules["mnli"][k], modules["rte"][k]) for k in modules["mnli"])
+    evalsets = {t: M.EvalSet(t, d.eval, fmt, bench.tokenizer) for t, d in tasks.items()}
+    ev = M.Evaluator(bench, evalsets, cache=Cache(tmp_path))
+    rows = M.merge_sweep(ev, modules["mnli"], modules["rte"], "lora", s["lam_grid"], progress=False)
+    assert len(rows) == len(s["lam_grid"]) * 2
+    df = pd.DataFrame(rows).pivot_table(index="lam", columns="task", values="accuracy")
+    for task in M.TASKS:  # λ = 1 is the MNLI module, λ = 0 the RTE module: exactly
+        assert df.loc[1.0, task] == M.accuracy(bench, modules["mnli"], evalsets[task])
+        assert df.loc[0.0, task] == M.accuracy(bench, modules["rte"], evalsets[task])
+    # a second evaluation is read from the result cache (the model is not consulted)
+    bench.use(bench.identity())
+    hit = ev(A.merge(modules["mnli"], modules["rte"], 0.5, "lora"))
+    assert hit == {t: df.loc[0.5, t] for t in M.TASKS}
+    zero = ev(bench.identity())
+    table = M.summary(rows, zero)
+    assert table.loc[("lora", "MNLI module alone"), "λ"] == 1.0
+    assert table.loc[("lora", "RTE module alone"), "rte"] == df.loc[0.0, "rte"]
+    assert table.loc[("base", "instruction-tuned base (identity module, zero-shot)"), "mnli"] == zero["mnli"]
+    best = M.best_merge(rows, "lora")
+    assert best["mean"] == pytest.approx(max((df.loc[l, "mnli"] + df.loc[l, "rte"]) / 2 for l in df.index))
+    p = M.parity(bench, modules["rte"], evalsets["rte"], n=4)
+    assert p["rows"] == 4 and p["agreement (answer + EOS)"] == 1.0 and 0.0 <= p["agreement (answer only)"] <= 1.0
+
+
+def test_state_fingerprint_sees_every_value():
+    s = {"a.lora_A.weight": torch.zeros(2, 3), "a.lora_B.weight": torch.ones(3, 2)}
+    t = {k: v.clone() for k, v in s.items()}
+    assert M.state_fingerprint(s) == M.state_fingerprint(t)
+    t["a.lora_B.weight"][0, 0] = 1.5
+    assert M.state_fingerprint(s) != M.state_fingerprint(t)
+    with pytest.raises(ValueError, match="no sweep rows"):
+        M.summary([])
+    assert np.isclose(M.hparam_table(M.chapter_settings(load_profile("paper"))).loc[("MNLI", "fft"), "lr"], 2e-4)
