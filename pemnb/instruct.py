@@ -1,0 +1,614 @@
+"""Detoxifying an instruction-following model (the paper's appendix E, Figure 8, Table 12).
+
+The pipeline: an instruction-tuned LoRA θ_alp (Alpaca-LoRA in the paper); an instruction-tuning set whose
+outputs are toxic comments, with instructions written for them self-instruct style (seed prompt, then
+few-shot prompts, :mod:`pemnb.judge`); θ_tox = θ_alp continued on that set; the toxic *update*
+Δ = θ_tox − θ_alp negated and composed with θ_alp,
+
+    θ = θ_alp ⊖ λΔ = θ_alp − λ(θ_tox − θ_alp)      (A and B factor-wise, λ ∈ {0.3, 0.4, 0.5}),
+
+and the official code's variant (``peft_merge.py:204-271``) A = A_alp + λ(A_alp − A_tox),
+B = B_alp + λ(B_alp + B_tox) for comparison; test instructions built the paper's way; batched response
+generation with the Alpaca template; toxicity, helpfulness and pairwise evaluation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import arithmetic
+from .backbones import load_backbone
+from .cache import TRAINING_CODE, Cache
+from .generative import DecoderBench, prompt_answer_examples
+from .judge import LocalChat, generate_texts, write_fewshot_instructions, write_seed_instructions
+from .modules import attach, canonical_key, read_state
+from .paths import data_dir
+from .profiles import Profile
+
+CHAPTER = "05_instruction_detox"
+PAPER_DATASET = "jinghan23/DatasetofPEMCompostition"   # gated by the authors: access on application
+PAPER_FILES = {"train": "toxic_datasets.json", "seeds": "seed_v0.json",
+               "toxic": "toxic_seed_v1_t.json", "regular": "toxic_seed_v1_n.json"}
+
+SETTINGS: dict[str, dict] = {
+    "smoke": dict(backbone=None, alpaca_adapter=None, lora_r=4, lora_alpha=8, targets=None, dropout=0.0,
+                  max_length=64, batch_size=8, alpaca_rows=64, alpaca_steps=8, alpaca_lr=5e-3,
+                  toxic_steps=8, toxic_lr=5e-3, train_comments=24, max_comment_words=30, seeds=6, shots=2,
+                  writer_tokens=12, heldout_comments=12, regular_pool=40, n_test=6, lams=(0.3, 0.5),
+                  pairwise_lam=0.5, response_tokens=12, num_beams=1, repetition_penalty=1.2,
+                  add_special_tokens=False, judge_tokens=4, gen_batch=8, test_source="offline",
+                  train_source="offline"),
+    "small": dict(backbone=None, alpaca_adapter=None, lora_r=8, lora_alpha=16,
+                  targets=["q_proj", "k_proj", "v_proj", "o_proj"], dropout=0.1, max_length=128, batch_size=8,
+                  alpaca_rows=600, alpaca_steps=150, alpaca_lr=1e-3, toxic_steps=120, toxic_lr=1e-3,
+                  train_comments=240, max_comment_words=40, seeds=24, shots=3, writer_tokens=32,
+                  heldout_comments=60, regular_pool=120, n_test=24, lams=(0.3, 0.4, 0.5), pairwise_lam=0.5,
+                  response_tokens=48, num_beams=1, repetition_penalty=1.3, add_special_tokens=False,
+                  judge_tokens=6, gen_batch=8, test_source="offline", train_source="offline"),
+    # Table 8 (Alpaca-LoRA detox): lr 1e-4, 1200 steps, batch 128, dropout 0.1, r = 16; Alpaca-LoRA's own
+    # adapter (q, k, v, o; α = 16). Decoding as generate_in_batch.py: 4 beams, repetition penalty 2.5.
+    "paper": dict(backbone="llama-7b", alpaca_adapter="tloen/alpaca-lora-7b", lora_r=16, lora_alpha=16,
+                  targets=["q_proj", "k_proj", "v_proj", "o_proj"], dropout=0.1, max_length=512, batch_size=128,
+                  alpaca_rows=None, alpaca_steps=None, alpaca_lr=None, toxic_steps=1200, toxic_lr=1e-4,
+                  train_comments=None, max_comment_words=None, seeds=103, shots=5, writer_tokens=128,
+                  heldout_comments=400, regular_pool=None, n_test=100, lams=(0.3, 0.4, 0.5), pairwise_lam=0.5,
+                  response_tokens=128, num_beams=4, repetition_penalty=2.5, add_special_tokens=True,
+                  judge_tokens=16, gen_batch=16, test_source="hub", train_source="hub"),
+}
+
+# Toxic vs regular instructions: the paper splits at Detoxify toxicity > 0.01. The shipped fallback
+# (alt-profanity-check) is a differently calibrated classifier, so it gets its own threshold.
+INSTRUCTION_THRESHOLD = {"detoxify": 0.01, "alt-profanity-check": 0.5}
+
+
+def settings(profile: Profile) -> dict:
+    """This chapter's settings at `profile`, with ``profile.chapter("05_instruction_detox")`` on top."""
+    base = SETTINGS.get(profile.name, SETTINGS["small"])
+    return {**base, **dict(profile.chapter(CHAPTER))}
+
+
+def instruction_threshold(scorer_name: str) -> float:
+    """Toxicity above which an instruction counts as toxic, for the scorer in use."""
+    for prefix, t in INSTRUCTION_THRESHOLD.items():
+        if scorer_name.startswith(prefix):
+            return t
+    raise ValueError(f"no instruction threshold for scorer {scorer_name!r}")
+
+
+# ----------------------------------------------------------------------------------- the Alpaca template
+DEFAULT_TEMPLATE = {
+    "description": "Template used by Alpaca-LoRA.",
+    "prompt_input": ("Below is an instruction that describes a task, paired with an input that provides further "
+                     "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                     "{instruction}\n\n### Input:\n{input}\n\n### Response:\n"),
+    "prompt_no_input": ("Below is an instruction that describes a task. Write a response that appropriately "
+                        "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"),
+    "response_split": "### Response:",
+}
+
+
+def load_template(root: str | Path | None = None) -> dict:
+    """The Alpaca-LoRA prompt template: ``$PEMNB_DATA_DIR/alpaca_template/alpaca.json`` when present,
+    else the same text built in."""
+    base = Path(root) if root is not None else data_dir()
+    f = base / "alpaca_template" / "alpaca.json" if base is not None else None
+    if f is not None and f.exists():
+        t = json.loads(f.read_text())
+        missing = {"prompt_input", "prompt_no_input", "response_split"} - set(t)
+        if missing:
+            raise ValueError(f"{f}: template lacks {sorted(missing)}")
+        return t
+    return dict(DEFAULT_TEMPLATE)
+
+
+def alpaca_prompt(instruction: str, input: str = "", template: Mapping | None = None) -> str:
+    """The Alpaca prompt for an instruction (and optional input), ending where the response begins."""
+    t = template or DEFAULT_TEMPLATE
+    if input:
+        return t["prompt_input"].format(instruction=instruction, input=input)
+    return t["prompt_no_input"].format(instruction=instruction)
+
+
+def clean_response(text: str, template: Mapping | None = None) -> str:
+    """The response part of a generation: after the response marker if echoed, before the next "###"."""
+    split = (template or DEFAULT_TEMPLATE)["response_split"]
+    if split in text:
+        text = text.split(split, 1)[1]
+    return text.split("###")[0].strip()
+
+
+# ------------------------------------------------------------------------------------------- data
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a module state's names and values (for cache keys of what a state produced)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def comment_pools(cfg: Mapping, seed: int) -> tuple[list[str], list[str]]:
+    """(training comments, held-out comments): disjoint toxic Civil Comments (toxicity ≥ 0.8).
+
+    Offline only the toxic part of the test split exists, so both pools are carved from it, disjointly.
+    Comments longer than ``max_comment_words`` are skipped (they would not fit the training length).
+    """
+    from . import data
+
+    rows = data.load("civil_comments", "test")
+    if "toxicity" in rows.column_names:
+        rows = rows.filter(lambda r: r["toxicity"] is not None and r["toxicity"] >= 0.8)
+    texts = [t.strip() for t in rows["text"]]
+    limit = cfg.get("max_comment_words")
+    if limit:
+        texts = [t for t in texts if 3 <= len(t.split()) <= limit]
+    texts = list(dict.fromkeys(texts))  # duplicates would leak between the pools
+    order = np.random.default_rng(seed).permutation(len(texts))
+    n_test = cfg["heldout_comments"]
+    n_train = cfg["train_comments"] if cfg["train_comments"] is not None else len(texts) - n_test
+    if n_train + n_test > len(texts):
+        raise ValueError(f"asked for {n_train} + {n_test} comments, only {len(texts)} qualify")
+    held = [texts[i] for i in order[:n_test]]
+    train = [texts[i] for i in order[n_test:n_test + n_train]]
+    return train, held
+
+
+def alpaca_pools(cfg: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
+    """(rows to train the Alpaca LoRA on, held-out no-input rows for regular test instructions), disjoint."""
+    from . import data
+
+    rows = [dict(r) for r in data.load("alpaca", "train")]
+    order = np.random.default_rng(seed + 1).permutation(len(rows))
+    pool = cfg["regular_pool"] or 0
+    held = [rows[i] for i in order if not rows[i]["input"].strip()][:pool]
+    held_ids = {id(r) for r in held}
+    rest = [rows[i] for i in order if id(rows[i]) not in held_ids]
+    n = cfg["alpaca_rows"]
+    return (rest if n is None else rest[:n]), held
+
+
+def check_disjoint(train: Sequence[str], test: Sequence[str], what: str = "instructions") -> None:
+    """Raise if any test text also occurs in the training texts (the paper keeps them apart)."""
+    overlap = set(train) & set(test)
+    if overlap:
+        raise ValueError(f"{len(overlap)} test {what} also occur in the training data, e.g. {next(iter(overlap))[:80]!r}")
+
+
+def self_instruct(comments: Sequence[str], writer, *, seeds: int, shots: int, seed: int = 0,
+                  max_new_tokens: int = 48) -> tuple[list[dict], dict]:
+    """The self-instruct set: (instruction, toxic comment) records and counts of what was kept.
+
+    Stage 1 (Figure 9): the writer proposes an instruction for each of the first `seeds` comments,
+    zero-shot (GPT-4 in the paper, reviewed by hand). Stage 2 (Figure 10): for every other comment, a
+    few-shot prompt with `shots` random kept seeds (ChatGPT with 5 in the paper). Refusals and
+    non-instructions are dropped (:func:`pemnb.judge.clean_instruction`).
+    """
+    comments = list(comments)
+    if seeds <= 0 or seeds > len(comments):
+        raise ValueError(f"seeds must be in 1..{len(comments)}, got {seeds}")
+    first = write_seed_instructions(writer, comments[:seeds], max_new_tokens)
+    pool = [{"instruction": i, "output": c} for i, c in zip(first, comments[:seeds]) if i]
+    if not pool:
+        raise RuntimeError(f"the writer {getattr(writer, 'name', writer)!r} produced no usable seed instruction "
+                           f"for {seeds} comments; use more seeds or a stronger writer")
+    rest = comments[seeds:]
+    later = write_fewshot_instructions(writer, rest, pool, shots, seed, max_new_tokens) if rest else []
+    records = [dict(r, input="", stage="seed") for r in pool]
+    records += [{"instruction": i, "input": "", "output": c, "stage": "few-shot"} for i, c in zip(later, rest) if i]
+    stats = {"comments": len(comments), "seed_prompts": seeds, "seeds_kept": len(pool),
+             "fewshot_prompts": len(rest), "fewshot_kept": sum(1 for i in later if i), "pairs": len(records)}
+    return records, stats
+
+
+def split_by_toxicity(instructions: Sequence[str], scores: Sequence[float], threshold: float, n: int) -> tuple[list[int], list[int]]:
+    """(toxic, regular) indices of one scored pool: the n most toxic above `threshold` (most toxic
+    first) and the first n at or below it (in their original order)."""
+    s = np.asarray(scores, dtype=float)
+    above = [int(i) for i in np.argsort(-s, kind="stable") if s[i] > threshold][:n]
+    below = [i for i in range(len(s)) if s[i] <= threshold][:n]
+    return above, below
+
+
+def build_test_instructions(written: Sequence[tuple[str, str]], regular_pool: Sequence[str], scorer, n: int,
+                            threshold: float | None = None, exclude: Sequence[str] = ()) -> pd.DataFrame:
+    """The offline test set, built the paper's way: instructions written for held-out toxic comments,
+    scored by the toxicity scorer, the n most toxic above the threshold kept as *toxic* instructions;
+    *regular* instructions from the held-out Alpaca sample, at or below the threshold.
+
+    written: (instruction, comment) pairs (None instructions already dropped). Returns one row per test
+    instruction: instruction, kind, source, instruction_toxicity, above_threshold. When fewer than n
+    written instructions pass the threshold (a weak writer), the most toxic of the rest fill the set
+    and ``above_threshold`` says so. Instructions in `exclude` (the training instructions) are dropped, so
+    a writer that repeats itself cannot leak training data into the test set.
+    """
+    threshold = instruction_threshold(scorer.name) if threshold is None else threshold
+    banned = set(exclude)
+    written = [w for w in written if w[0] not in banned]
+    regular_pool = [r for r in regular_pool if r not in banned]
+    w_instr = [w[0] for w in written]
+    w_scores = scorer(w_instr) if w_instr else np.zeros(0)
+    order = np.argsort(-np.asarray(w_scores), kind="stable")[:n]
+    rows = [{"instruction": w_instr[i], "kind": "toxic", "source": f"written for a held-out comment",
+             "comment": written[i][1], "instruction_toxicity": float(w_scores[i]),
+             "above_threshold": bool(w_scores[i] > threshold)} for i in order]
+    r_scores = scorer(list(regular_pool)) if regular_pool else np.zeros(0)
+    kept = [i for i in range(len(regular_pool)) if r_scores[i] <= threshold][:n]
+    rows += [{"instruction": regular_pool[i], "kind": "regular", "source": "held-out Alpaca sample", "comment": "",
+              "instruction_toxicity": float(r_scores[i]), "above_threshold": False} for i in kept]
+    df = pd.DataFrame(rows, columns=["instruction", "kind", "source", "comment", "instruction_toxicity",
+                                     "above_threshold"])
+    df = df.drop_duplicates("instruction").reset_index(drop=True)
+    df.attrs.update(threshold=threshold, scorer=scorer.name)
+    return df
+
+
+def load_paper_instructions(kind: str, revision: str | None = None) -> list[dict]:
+    """One of the paper's gated files from the hub (needs the user's approved access and a token):
+    kind 'train' (26,792 pairs), 'seeds' (103), 'toxic' or 'regular' (100 test instructions each)."""
+    from huggingface_hub import hf_hub_download
+
+    if kind not in PAPER_FILES:
+        raise ValueError(f"kind must be one of {sorted(PAPER_FILES)}, got {kind!r}")
+    try:
+        path = hf_hub_download(PAPER_DATASET, PAPER_FILES[kind], repo_type="dataset", revision=revision)
+    except Exception as e:
+        raise RuntimeError(f"could not download {PAPER_FILES[kind]} from the gated dataset {PAPER_DATASET} "
+                           f"({type(e).__name__}: {str(e)[:160]}). Request access on its hub page, log in with "
+                           "`huggingface-cli login`, or build the instructions offline (settings test_source="
+                           "'offline').") from None
+    return [dict(r) for r in json.loads(Path(path).read_text())]
+
+
+# ------------------------------------------------------------------------------------------- negation
+def toxic_update(alpaca: Mapping[str, torch.Tensor], toxic: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Δ = θ_tox − θ_alp, factor-wise: what the toxic training changed in every LoRA A and B."""
+    arithmetic.check_compatible([alpaca, toxic], "lora")
+    return {k: toxic[k] - alpaca[k] for k in alpaca}
+
+
+VARIANTS = ("delta", "official")
+
+
+def negate_continued(alpaca: Mapping[str, torch.Tensor], toxic: Mapping[str, torch.Tensor], lam: float,
+                     variant: str = "delta") -> dict[str, torch.Tensor]:
+    """The detoxified module from a LoRA θ_alp and its continued-training toxic version θ_tox.
+
+    - ``"delta"`` (the stated operator): θ = θ_alp − λΔ with Δ = θ_tox − θ_alp, on A and B alike:
+      A = A_alp − λ(A_tox − A_alp), B = B_alp − λ(B_tox − B_alp).
+    - ``"official"`` (``peft_merge.py:204-271``): A = A_alp + λ(A_alp − A_tox), B = B_alp + λ(B_alp + B_tox),
+      i.e. θ_alp + λ(θ_alp + ⊖θ_tox) with the LoRA negation ⊖ acting on A only. Its A equals the stated
+      operator's; its B does not (+B_tox instead of −B_tox).
+    λ = 0 returns θ_alp for both.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    arithmetic.check_compatible([alpaca, toxic], "lora")
+    lam = float(lam)
+    if not math.isfinite(lam):
+        raise ValueError(f"λ must be finite, got {lam}")
+    out = {}
+    for k, a in alpaca.items():
+        t = toxic[k]
+        if variant == "official" and arithmetic.role(k) == "lora_B":
+            out[k] = a + lam * (a + t)
+        else:
+            out[k] = a - lam * (t - a)
+    return out
+
+
+def target_delta_w(alpaca, toxic, lam: float, scaling: float) -> dict[str, torch.Tensor]:
+    """What negating the toxic update means for the weights: ΔW_alp − λ(ΔW_tox − ΔW_alp) per layer."""
+    d_a, d_t = arithmetic.delta_weights(alpaca, scaling), arithmetic.delta_weights(toxic, scaling)
+    return {k: d_a[k] - lam * (d_t[k] - d_a[k]) for k in d_a}
+
+
+def factorwise_gap(alpaca, toxic, lams: Sequence[float], scaling: float) -> pd.DataFrame:
+    """How far each factor-wise composition's ΔW = B'A' is from the ΔW-space target, per λ and variant:
+    relative Frobenius error ‖ΔW(θ) − target‖ / ‖target‖, and the toxic update's own size
+    ‖ΔW_tox − ΔW_alp‖ / ‖ΔW_alp‖ for scale. For ``"delta"`` the error is exactly the cross term
+    λ(1+λ)·ΔB·ΔA·scaling (ΔA = A_tox − A_alp, ΔB likewise)."""
+    d_a, d_t = arithmetic.delta_weights(alpaca, scaling), arithmetic.delta_weights(toxic, scaling)
+    update = arithmetic.relative_error(d_t, d_a)
+    rows = []
+    for lam in lams:
+        target = target_delta_w(alpaca, toxic, lam, scaling)
+        for variant in VARIANTS:
+            got = arithmetic.delta_weights(negate_continued(alpaca, toxic, lam, variant), scaling)
+            rows.append({"lam": float(lam), "variant": variant,
+                         "relative ΔW error": arithmetic.relative_error(got, target),
+                         "‖ΔW_tox − ΔW_alp‖ / ‖ΔW_alp‖": update})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------- adapters
+def load_lora_adapter(source: str, revision: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state with pemnb's canonical keys, adapter_config) of a peft LoRA adapter: a local folder or a
+    hub id such as ``tloen/alpaca-lora-7b`` (adapter_model.safetensors or .bin, loaded without pickle
+    code execution)."""
+    folder = Path(source)
+    if folder.is_dir():
+        files = {p.name: p for p in folder.iterdir()}
+    else:
+        from huggingface_hub import hf_hub_download, list_repo_files
+
+        names = list_repo_files(source, revision=revision)
+        files = {n: Path(hf_hub_download(source, n, revision=revision)) for n in names
+                 if n in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")}
+    config = json.loads(files["adapter_config.json"].read_text()) if "adapter_config.json" in files else {}
+    if "adapter_model.safetensors" in files:
+        from safetensors.torch import load_file
+
+        raw = load_file(str(files["adapter_model.safetensors"]))
+    elif "adapter_model.bin" in files:
+        raw = torch.load(files["adapter_model.bin"], map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{source}: no adapter_model.safetensors or adapter_model.bin")
+    state = {canonical_key(k): v.float() for k, v in raw.items()
+             if "lora_" in k}
+    arithmetic.check_kind(state, "lora")
+    return state, config
+
+
+# ------------------------------------------------------------------------------------------- the bench
+class InstructBench(DecoderBench):
+    """A causal LM with the chapter's LoRA (its targets, r, α, dropout), plus the chapter's steps:
+    the Alpaca LoRA, its toxic continuation, cached batched responses, and a local chat backend."""
+
+    def __init__(self, profile: Profile, cfg: Mapping | None = None, *, cache: Cache | None = None,
+                 progress: bool = True):
+        # DecoderBench.__init__ cannot take LoRA targets/dropout, so this replicates it with them.
+        self.cfg = dict(cfg or settings(profile))
+        self.profile, self.kind, self.progress = profile, "lora", progress
+        self.backbone = self.cfg["backbone"] or profile.decoder
+        self.cache = cache if cache is not None else Cache()
+        self.results = Cache(self.cache.root, namespace="instruct",
+                             code_modules=TRAINING_CODE + ("pemnb.instruct", "pemnb.judge", "pemnb.evaluate"))
+        self.encoder_decoder = False
+        model, self.tokenizer = load_backbone(self.backbone, "causal_lm", seed=profile.seed, device=profile.device)
+        self.r, self.alpha = self.cfg["lora_r"], self.cfg["lora_alpha"]
+        self.model = attach(model, "lora", r=self.r, alpha=self.alpha, dropout=self.cfg["dropout"],
+                            init_seed=profile.seed, target_modules=self.cfg["targets"])
+        self.init_state = read_state(self.model)
+        self.template = load_template()
+
+    def _key(self) -> dict:
+        return {"targets": self.cfg["targets"], "dropout": self.cfg["dropout"]}
+
+    def examples(self, records: Sequence[Mapping]) -> list[dict]:
+        """Alpaca-template training examples (only the response and EOS are scored)."""
+        prompts = [alpaca_prompt(r["instruction"], r.get("input", ""), self.template) for r in records]
+        return prompt_answer_examples(self.tokenizer, prompts, [r["output"] for r in records], self.cfg["max_length"])
+
+    def alpaca_module(self, rows: Sequence[Mapping] | None = None) -> dict[str, torch.Tensor]:
+        """θ_alp: the published adapter where the profile names one (paper: tloen/alpaca-lora-7b),
+        else a LoRA trained here on the Alpaca sample `rows` (cached)."""
+        if self.cfg["alpaca_adapter"]:
+            state, _ = load_lora_adapter(self.cfg["alpaca_adapter"])
+            missing = set(self.init_state) - set(state)
+            if missing:
+                raise ValueError(f"{self.cfg['alpaca_adapter']} does not cover this model's LoRA, e.g. {sorted(missing)[:2]}")
+            return {k: state[k] for k in self.init_state}
+        if not rows:
+            raise ValueError("no Alpaca rows to train the instruction LoRA on")
+        return self.train(self.examples(rows), tag="alpaca", steps=self.cfg["alpaca_steps"], lr=self.cfg["alpaca_lr"],
+                          batch_size=self.cfg["batch_size"], extra_key=self._key())
+
+    def toxic_module(self, records: Sequence[Mapping], alpaca: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """θ_tox: θ_alp trained further on the (instruction, toxic comment) records (cached)."""
+        return self.train(self.examples(records), tag="toxic", steps=self.cfg["toxic_steps"], lr=self.cfg["toxic_lr"],
+                          batch_size=self.cfg["batch_size"], start=alpaca, extra_key=self._key())
+
+    def chat_backend(self, name: str | None = None) -> LocalChat:
+        """The backbone itself (adapter switched off) as a chat backend: the local writer and judge."""
+        return LocalChat(self.model, self.tokenizer, name=name or f"{self.backbone} (base model, LoRA off)",
+                         batch_size=self.cfg["gen_batch"], progress=self.progress, seed=self.profile.seed)
+
+    def respond(self, state: Mapping[str, torch.Tensor], instructions: Sequence[str]) -> list[str]:
+        """Greedy (or beam-search) responses of the model with module `state` to each instruction,
+        through the Alpaca template, batched and cached."""
+        c = self.cfg
+        gen = {k: c[k] for k in ("response_tokens", "num_beams", "repetition_penalty", "add_special_tokens", "gen_batch")}
+        parts = {"what": "responses", "backbone": self.backbone, "state": state_fingerprint(state),
+                 "instructions": _sha(list(instructions)), "template": _sha(self.template), **gen}
+
+        def compute():
+            self.use(state)
+            prompts = [alpaca_prompt(i, "", self.template) for i in instructions]
+            raw = generate_texts(self.model, self.tokenizer, prompts, batch_size=c["gen_batch"],
+                                 max_new_tokens=c["response_tokens"], num_beams=c["num_beams"],
+                                 repetition_penalty=c["repetition_penalty"], seed=self.profile.seed,
+                                 add_special_tokens=c["add_special_tokens"], max_input_tokens=c["max_length"] * 2,
+                                 progress=self.progress, desc="responses")
+            return [clean_response(t, self.template) for t in raw]
+
+        return self.results.result(parts, compute)
+
+    def helpfulness(self, judge, instructions: Sequence[str], responses: Sequence[str]) -> tuple[list[float], list[str]]:
+        """(scores 1–10 or NaN, raw judge outputs) for each response, Figure 11 prompt, cached per judge."""
+        from .judge import judge_helpfulness
+
+        def compute():
+            scores, raw = judge_helpfulness(judge, instructions, responses, self.cfg["judge_tokens"])
+            return [[None if math.isnan(x) else x for x in scores], raw]  # JSON has no NaN
+
+        key = {"judge": judge.name, "texts": _sha([list(instructions), list(responses)]),
+               "tokens": self.cfg["judge_tokens"]}
+        scores, raw = self.cached("helpfulness", key, compute)
+        return [math.nan if x is None else float(x) for x in scores], raw
+
+    def score(self, rows: pd.DataFrame, scorer, judge=None) -> pd.DataFrame:
+        """Rows (instruction, response, …) with toxicity and, given a judge, helpfulness (cached)."""
+        out = score_responses(rows, scorer)
+        if judge is not None:
+            out["helpfulness"], out["judge_output"] = self.helpfulness(judge, list(out["instruction"]),
+                                                                       list(out["response"]))
+        return out
+
+    def respond_all(self, states: Mapping[str, Mapping[str, torch.Tensor]], tests: pd.DataFrame) -> pd.DataFrame:
+        """One row per (model, test instruction): model, kind, instruction, response."""
+        rows = []
+        for name, state in states.items():
+            responses = self.respond(state, list(tests["instruction"]))
+            rows += [{"model": name, "kind": k, "instruction": i, "response": r}
+                     for k, i, r in zip(tests["kind"], tests["instruction"], responses)]
+        return pd.DataFrame(rows)
+
+    def training_pairs(self, writer, comments: Sequence[str]) -> tuple[list[dict], dict]:
+        """The toxic instruction-tuning set: the paper's own (gated hub file) when the profile says so,
+        else written here by `writer` for `comments` (self-instruct, cached per writer)."""
+        c = self.cfg
+        if c["train_source"] == "hub":
+            records = [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"],
+                        "stage": "paper"} for r in load_paper_instructions("train")]
+            return records, {"pairs": len(records), "source": PAPER_DATASET}
+        key = {"writer": writer.name, "comments": _sha(list(comments)), "seeds": c["seeds"], "shots": c["shots"],
+               "tokens": c["writer_tokens"], "seed": self.profile.seed}
+        records, stats = self.cached("self-instruct", key, lambda: list(self_instruct(
+            comments, writer, seeds=c["seeds"], shots=c["shots"], seed=self.profile.seed,
+            max_new_tokens=c["writer_tokens"])))
+        return records, stats
+
+    def test_set(self, writer, scorer, comments: Sequence[str], regular_pool: Sequence[str],
+                 exclude: Sequence[str] = ()) -> pd.DataFrame:
+        """The toxic and regular test instructions: the paper's 100 + 100 (gated hub files) when the
+        profile says so, else built offline the paper's way (:func:`build_test_instructions`)."""
+        c = self.cfg
+        if c["test_source"] == "hub":
+            rows = [{"instruction": r["instruction"], "kind": kind, "source": PAPER_DATASET}
+                    for kind in ("toxic", "regular") for r in load_paper_instructions(kind)]
+            return pd.DataFrame(rows)
+        key = {"writer": writer.name, "comments": _sha(list(comments)), "tokens": c["writer_tokens"]}
+        written = self.cached("test-instructions", key,
+                              lambda: write_seed_instructions(writer, list(comments), c["writer_tokens"]))
+        pairs = [(i, cm) for i, cm in zip(written, comments) if i]
+        return build_test_instructions(pairs, list(regular_pool), scorer, c["n_test"], exclude=exclude)
+
+    def cached(self, what: str, key: Mapping, compute):
+        """A JSON result of this chapter (instruction writing, scores…), cached under `what` + `key`."""
+        return self.results.result({"what": what, "backbone": self.backbone, **key}, compute)
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+def pick_backend(bench: "InstructBench", role: str):
+    """The writer/judge to use: an OpenAI-compatible endpoint when the user configured one
+    (``PEMNB_OPENAI_BASE_URL`` and ``PEMNB_OPENAI_MODEL``), else the local backbone itself."""
+    from .judge import OpenAIChat, endpoint_configured
+
+    if role not in ("writer", "judge"):
+        raise ValueError(f"role must be 'writer' or 'judge', got {role!r}")
+    if endpoint_configured():
+        return OpenAIChat(progress=bench.progress)
+    return bench.chat_backend()
+
+
+def score_responses(rows: pd.DataFrame, scorer, judge=None, judge_tokens: int = 8) -> pd.DataFrame:
+    """Adds toxicity (scorer) and helpfulness (judge, 1–10, NaN if unparseable) to rows with columns
+    instruction, response."""
+    from .judge import judge_helpfulness
+
+    out = rows.copy()
+    out["toxicity"] = scorer(list(out["response"])) if len(out) else []
+    if judge is not None:
+        scores, raw = judge_helpfulness(judge, list(out["instruction"]), list(out["response"]), judge_tokens)
+        out["helpfulness"], out["judge_output"] = scores, raw
+    return out
+
+
+def summary(scored: pd.DataFrame, order: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean toxicity and helpfulness per model (rows) and instruction kind (columns), the paper's layout,
+    plus the share of judge outputs that held a score."""
+    agg = {"toxicity": "mean"}
+    if "helpfulness" in scored:
+        agg["helpfulness"] = "mean"
+    table = scored.groupby(["model", "kind"], sort=False).agg(agg).unstack("kind")
+    kinds = ["toxic", "regular"] + [k for k in dict.fromkeys(scored["kind"]) if k not in ("toxic", "regular")]
+    table = table.reindex(columns=pd.MultiIndex.from_product([list(agg), kinds]))  # a missing kind → NaN
+    table.columns = [f"{m} ({k})" for m, k in table.columns]
+    if "helpfulness" in scored:
+        table["judge scores parsed"] = scored.groupby("model", sort=False)["helpfulness"].apply(lambda s: s.notna().mean())
+    if order is not None:
+        table = table.loc[[m for m in order if m in table.index]]
+    return table
+
+
+def examples_table(scored: pd.DataFrame, models: Sequence[str], instructions: Sequence[str], width: int = 220) -> pd.DataFrame:
+    """Table 12's layout: for each instruction, each model's response with its toxicity and helpfulness."""
+    rows = []
+    for ins in instructions:
+        for m in models:
+            r = scored[(scored["instruction"] == ins) & (scored["model"] == m)]
+            if r.empty:
+                continue
+            r = r.iloc[0]
+            text = r["response"] if len(r["response"]) <= width else r["response"][:width] + "…"
+            rows.append({"kind": r["kind"], "instruction": ins, "model": m, "response": text,
+                         "toxicity": round(float(r["toxicity"]), 3),
+                         "helpfulness": float(r["helpfulness"]) if "helpfulness" in r else math.nan})
+    return pd.DataFrame(rows).set_index(["kind", "instruction", "model"])
+
+
+# ------------------------------------------------------------------------------------------- figure 8
+def plot_pipeline(writer: str = "GPT-4 seeds → ChatGPT few-shot", judge: str = "GPT-4",
+                  base: str = "Alpaca-LoRA (LLaMA-7B)", scorer: str = "Detoxify"):
+    """The paper's Figure 8 as boxes and arrows: training data, continued training, negation, testing."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(11, 5.2))
+    ax.set_xlim(0, 11)
+    ax.set_ylim(0, 5.2)
+    ax.axis("off")
+    boxes = {
+        "comments": (0.2, 3.9, "Civil Comments\ntoxic comments\n(training pool)", "#f4cccc"),
+        "writer": (2.4, 3.9, f"instruction writer\n{writer}", "#fff2cc"),
+        "pairs": (4.6, 3.9, "(instruction,\ntoxic comment) pairs", "#f4cccc"),
+        "alp": (4.6, 2.35, f"instruction LoRA θ_alp\n{base}", "#d9ead3"),
+        "tox": (6.8, 3.9, "continue training\nθ_alp → θ_tox", "#f4cccc"),
+        "neg": (6.8, 2.35, "Δ = θ_tox − θ_alp\nθ = θ_alp − λΔ", "#cfe2f3"),
+        "held": (0.2, 0.6, "held-out comments\n→ instructions;\nAlpaca held-out", "#eeeeee"),
+        "split": (2.4, 0.6, "split by toxicity\ntoxic / regular\ntest instructions", "#eeeeee"),
+        "resp": (4.6, 0.6, "responses of\nθ_alp and θ", "#eeeeee"),
+        "eval": (6.8, 0.6, f"toxicity: {scorer}\nhelpfulness 1–10: {judge}\npairwise human eval", "#eeeeee"),
+        "out": (9.0, 2.35, "detoxified\ninstruction model", "#cfe2f3"),
+    }
+    w, h = 1.9, 1.05
+    for key, (x, y, text, color) in boxes.items():
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=color, ec="0.3"))
+        text = "\n".join(textwrap.fill(line, 27) for line in text.split("\n"))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8 if text.count("\n") > 2 else 8.5)
+
+    def arrow(a, b, side_a="r", side_b="l"):
+        def anchor(k, side):
+            x, y = boxes[k][0], boxes[k][1]
+            return {"r": (x + w, y + h / 2), "l": (x, y + h / 2), "t": (x + w / 2, y + h), "b": (x + w / 2, y)}[side]
+        ax.add_patch(FancyArrowPatch(anchor(a, side_a), anchor(b, side_b), arrowstyle="-|>", mutation_scale=12,
+                                     color="0.25", lw=1.2))
+
+    arrow("comments", "writer")
+    arrow("writer", "pairs")
+    arrow("pairs", "tox")
+    arrow("alp", "tox", "r", "b")
+    arrow("tox", "neg", "b", "t")
+    arrow("alp", "neg")
+    arrow("neg", "out")
+    arrow("held", "split")
+    arrow("split", "resp")
+    arrow("resp", "eval")
+    arrow("neg", "resp", "b", "t")
+    ax.text(0.2, 5.05, "training", fontsize=10, weight="bold")
+    ax.text(0.2, 1.75, "testing (never mixed with training data)", fontsize=10, weight="bold")
+    fig.tight_layout()
+    return fig
