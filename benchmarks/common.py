@@ -1,0 +1,45 @@
+"""Timing and memory helpers shared by the benchmarks."""
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import Callable
+
+import psutil
+
+
+def median_seconds(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
+    """Median wall time of `fn()` over `repeat` runs, after `warmup` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_rss_mib(fn: Callable[[], object], interval: float = 0.002) -> float:
+    """Peak resident memory (RSS, sampled by psutil every `interval` s in a thread) while `fn()` runs,
+    minus the RSS just before it: the extra memory the call needs, in MiB."""
+    proc = psutil.Process()
+    start = proc.memory_info().rss
+    peak = [start]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(interval)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        t.join()
+    peak[0] = max(peak[0], proc.memory_info().rss)
+    return (peak[0] - start) / 2 ** 20
