@@ -15,7 +15,8 @@ JB_ARGS := --toc book/_toc.yml --config _config.yml
 .PHONY: venv test unit notebooks book benchmark clean
 
 $(STAMP): requirements.txt pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# (re)create the environment when it is missing or half-made (e.g. an interrupted first run)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned to the CPU wheel first so nothing pulls a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
