@@ -37,6 +37,16 @@ def code_version(modules: Iterable[str] = TRAINING_CODE) -> str:
     return h.hexdigest()[:16]
 
 
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of a module state's names and values (float32 bytes), for keys of results computed
+    from that state (an evaluation, a set of samples)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
 def _canonical(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}

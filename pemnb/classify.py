@@ -14,7 +14,7 @@ import torch
 
 from . import arithmetic, data
 from .backbones import get_backbone, load_backbone
-from .cache import Cache
+from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .evaluate import EvalBatches, classify
 from .modules import attach, read_state, write_state, lora_scaling
 from .profiles import Profile
@@ -51,6 +51,10 @@ class ClassifierBench:
         self.profile, self.task, self.kind, self.progress = profile, task, kind, progress
         self.spec = data.get_spec(task)
         self.cache = cache if cache is not None else Cache()
+        # Evaluations are cached too, so re-running a chapter after an edit re-evaluates nothing it
+        # has seen; keyed by this file's and evaluate's code as well as the training code.
+        self.results = Cache(self.cache.root, namespace="results",
+                             code_modules=TRAINING_CODE + ("pemnb.evaluate", "pemnb.classify"))
         use_one_thread_for_tiny_models(profile.encoder)
         model, self.tokenizer = load_backbone(profile.encoder, "classification", self.spec.num_labels,
                                               seed=profile.seed, device=profile.device)
@@ -63,9 +67,13 @@ class ClassifierBench:
         return data.tokenize_classification(ds, self.task, self.tokenizer, self.profile.max_length)
 
     def batches(self, ds, batch_size: int = 64) -> EvalBatches:
-        """Evaluation batches for `ds`, built once and reused for every state evaluated on it."""
+        """Evaluation batches for `ds`, built once and reused for every state evaluated on it.
+
+        They carry a `cache_key` (the rows' fingerprint), so evaluations on them are cached."""
         device = next(self.model.parameters()).device
-        return EvalBatches(self.examples(ds), self.tokenizer.pad_token_id, batch_size, device)
+        batches = EvalBatches(self.examples(ds), self.tokenizer.pad_token_id, batch_size, device)
+        batches.cache_key = {"data": fingerprint(ds), "n": len(ds), "max_length": self.profile.max_length}
+        return batches
 
     # ------------------------------------------------------------------------------------ train
     def module_key(self, ds, tag: str, seed: int, steps: int, lr: float) -> dict:
@@ -102,9 +110,20 @@ class ClassifierBench:
 
     # ------------------------------------------------------------------------------------ evaluate
     def evaluate(self, state: Mapping[str, torch.Tensor], batches: EvalBatches) -> dict[str, float]:
-        """GLUE metrics of the model carrying module `state`."""
-        write_state(self.model, state)
-        return classify(self.model, batches, self.task)
+        """GLUE metrics of the model carrying module `state` (cached when `batches` came from
+        :meth:`batches`; batches built elsewhere are always evaluated)."""
+        def compute() -> dict[str, float]:
+            write_state(self.model, state)
+            return {k: float(v) for k, v in classify(self.model, batches, self.task).items()}
+
+        data_key = getattr(batches, "cache_key", None)
+        if data_key is None:
+            return compute()
+        p = self.profile
+        parts = {"what": "classifier-eval", "task": self.task, "kind": self.kind, "encoder": p.encoder,
+                 "lora_r": p.lora_r, "lora_alpha": p.lora_alpha, "init_seed": p.seed,
+                 "state": state_fingerprint(state), **data_key}
+        return self.results.result(parts, compute)
 
     def evaluate_many(self, states: Mapping[str, Mapping[str, torch.Tensor]], batches: EvalBatches,
                       **labels) -> list[dict]:

@@ -25,7 +25,7 @@ import torch
 
 from . import arithmetic
 from .backbones import load_backbone
-from .cache import TRAINING_CODE, Cache
+from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .generative import DecoderBench, prompt_answer_examples
 from .judge import LocalChat, generate_texts, write_fewshot_instructions, write_seed_instructions
 from .modules import attach, canonical_key, read_state
@@ -127,15 +127,6 @@ def clean_response(text: str, template: Mapping | None = None) -> str:
 # ------------------------------------------------------------------------------------------- data
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 of a module state's names and values (for cache keys of what a state produced)."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
 
 
 def comment_pools(cfg: Mapping, seed: int) -> tuple[list[str], list[str]]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import arithmetic, data
-from .cache import TRAINING_CODE, Cache
+from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .evaluate import constrained_generate, score_choices
 from .profiles import Profile, _grid
 
@@ -252,13 +252,6 @@ def training_examples(bench, task: str, ds, fmt: PromptFormat) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ evaluate
-def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 of a module state's keys and values (for result cache keys)."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().float().numpy().tobytes())
-    return h.hexdigest()[:20]
 
 
 class EvalSet:

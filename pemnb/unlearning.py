@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from . import data
-from .cache import TRAINING_CODE, Cache
+from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .profiles import Profile
 
 CHAPTER = "03_unlearning"
@@ -153,15 +153,6 @@ def toxicity_summary(scores: Sequence[float], threshold: float = TOXIC_GENERATIO
     if s.size == 0:
         raise ValueError("no scores to summarise")
     return {"toxicity": float(s.mean()), "toxic_frac": float((s > threshold).mean())}
-
-
-def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 of a module state's keys and values (what a measurement was made on)."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
 
 
 def select_lambda(lams: Sequence[float], ppls: Sequence[float], base_ppl: float,

@@ -39,3 +39,23 @@ def test_cli_trains_and_saves_a_module(shared_data, tmp_path, monkeypatch, capsy
     state, kind, meta = load_module(out)
     assert kind == "ia3" and meta["task"] == "glue/rte" and any(A.role(k) == "ia3_l" for k in state)
     assert "trained ia3 on glue/rte" in capsys.readouterr().out
+
+
+def test_evaluations_are_cached_by_state_and_data(shared_data, tmp_path, monkeypatch):
+    import pemnb.classify as C
+    from pemnb.evaluate import EvalBatches
+
+    profile = load_profile("smoke", eval_size=16)
+    ev = data.subsample(data.load("glue/sst2", "validation"), 16, seed=1)
+    bench = ClassifierBench(profile, "glue/sst2", "lora", cache=Cache(tmp_path), progress=False)
+    batches, theta = bench.batches(ev), bench.identity()
+    first = bench.evaluate(theta, batches)
+    calls = []
+    real = C.classify
+    monkeypatch.setattr(C, "classify", lambda *a: calls.append(1) or real(*a))
+    assert bench.evaluate(theta, batches) == first and calls == []               # same state, same rows: a hit
+    bench.evaluate(A.negate(theta, "lora", 0.5), batches)                          # another state: computed
+    bench.evaluate(theta, bench.batches(ev.select(range(8))))                      # other rows: computed
+    plain = EvalBatches(bench.examples(ev), bench.tokenizer.pad_token_id, 8)       # no cache key: always computed
+    assert bench.evaluate(theta, plain) == first
+    assert len(calls) == 3
