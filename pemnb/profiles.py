@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+DEVICE_ENV = "PEMNB_DEVICE"
 PROFILE_ENV = "PEMNB_PROFILE"
 DEFAULT_PROFILE = "small"
 
@@ -142,6 +143,10 @@ def load_profile(name: str | None = None, **overrides: Any) -> Profile:
     2
     """
     name = name or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    # $PEMNB_DEVICE (e.g. "cuda", "cpu") overrides every profile's device unless the call names one:
+    # it puts the smoke profile on a GPU to check GPU code paths, or keeps `small` on the CPU.
+    if os.environ.get(DEVICE_ENV) and "device" not in overrides:
+        overrides = {**overrides, "device": os.environ[DEVICE_ENV]}
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)} "
                          f"(set ${PROFILE_ENV} or pass name=)")

@@ -51,3 +51,13 @@ def test_smollm2_loads_from_its_wheel_and_is_cached_as_safetensors():
         out = model.generate(**enc, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
     assert "Paris" in tok.decode(out[0][enc["input_ids"].shape[1]:])  # a real pretrained model
     assert smollm2_dir() == d  # second call reuses the converted copy
+
+
+def test_pemnb_device_overrides_the_profile_device_unless_the_call_names_one(monkeypatch):
+    from pemnb.profiles import load_profile
+
+    monkeypatch.delenv("PEMNB_DEVICE", raising=False)
+    assert load_profile("smoke").device == "cpu" and load_profile("small").device == "auto"
+    monkeypatch.setenv("PEMNB_DEVICE", "cuda")
+    assert load_profile("smoke").device == "cuda" and load_profile("small").device == "cuda"
+    assert load_profile("smoke", device="cpu").device == "cpu"
