@@ -7,6 +7,7 @@ returns continuations only, one cached measurement (samples → toxicity scores,
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from typing import Any, Iterable, Mapping, Sequence
@@ -38,13 +39,17 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "wikitext": "wikitext-2-raw", "ppl_tokens": 256, "ppl_max_length": 64, "ppl_stride": 32,
         "lam_grid": (0.0, 0.5, 1.0), "ablation_lams": {"lora": (1.0,), "ia3": (1.0, 0.6, 0.1)},
     },
+    # Sized on the 2-core CPU (one thread, SmolLM2-135M): a LoRA step on 16 comments of ≤128 tokens took
+    # 18 s, 32 samples × 48 tokens 19 s, perplexity over 4096 tokens (window 512, stride 256) 31 s. So
+    # comments are cut to 64 tokens (mean length 47) and each measurement samples 64 × 32 tokens.
     "small": {
         "kinds": ("fft", "lora", "ia3"), "train_split": "test", "heldout_split": "test", "n_train": None,
-        "n_heldout": 100, "epochs": {"fft": 1, "lora": 1, "ia3": 1}, "steps": {"fft": 40, "lora": 100, "ia3": 100},
-        "batch": {"fft": 8, "lora": 16, "ia3": 16}, "lr": {"fft": 1e-4, "lora": 2e-3, "ia3": 1e-2},
-        "n_samples": 96, "max_new_tokens": 48, "sample_batch": 32, "top_k": 50, "temperature": 1.0,
-        "wikitext": "wikitext-2-raw", "ppl_tokens": 4096, "ppl_max_length": 512, "ppl_stride": 256,
-        "lam_grid": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "ablation_lams": {"lora": (1.0,), "ia3": (1.0, 0.6, 0.1)},
+        "n_heldout": 100, "epochs": {"fft": 1, "lora": 1, "ia3": 1}, "steps": {"fft": 24, "lora": 48, "ia3": 48},
+        "batch": {"fft": 8, "lora": 16, "ia3": 16}, "lr": {"fft": 1e-4, "lora": 3e-3, "ia3": 1e-2},
+        "max_length": 64,
+        "n_samples": 64, "max_new_tokens": 32, "sample_batch": 32, "top_k": 50, "temperature": 1.0,
+        "wikitext": "wikitext-2-raw", "ppl_tokens": 2048, "ppl_max_length": 512, "ppl_stride": 256,
+        "lam_grid": (0.0, 0.25, 0.5, 0.75, 1.0), "ablation_lams": {"lora": (1.0,), "ia3": (1.0, 0.6, 0.1)},
     },
     "paper": {  # Table 8 (unlearning): FFT lr 1e-5, 5 epochs, batch 32; LoRA/(IA)³ lr 5e-4, 10 epochs, batch 96
         "kinds": ("fft", "lora", "ia3"), "train_split": "train", "heldout_split": "test", "n_train": None,
@@ -189,7 +194,11 @@ class UnlearningLab:
 
     def bench(self, kind: str):
         if kind not in self._benches:
-            self._benches[kind] = self._bench_cls(self.profile, kind, cache=self.cache, progress=self.progress)
+            # the chapter may cut training texts shorter than the profile does (cfg["max_length"])
+            profile = self.profile
+            if self.cfg.get("max_length"):
+                profile = dataclasses.replace(profile, max_length=int(self.cfg["max_length"]))
+            self._benches[kind] = self._bench_cls(profile, kind, cache=self.cache, progress=self.progress)
             self._trim(self._benches[kind].tokenizer)
         return self._benches[kind]
 

@@ -180,3 +180,11 @@ def test_sweep_figure_and_scorer_check():
     plt.close("all")
     chk = U.scorer_check(fake_scorer(), ["aaa"], ["bcd", "ae"])
     assert chk["n"].tolist() == [1, 2] and chk["mean toxicity [fake-vowels]"].tolist() == [1.0, 0.5]
+
+
+def test_chapter_max_length_cuts_training_texts(tmp_path):
+    p = load_profile("smoke")
+    cfg = {**U.settings(p), "max_length": 8}
+    lab = U.UnlearningLab(p, fake_scorer(), "a b c", cfg=cfg, cache=Cache(tmp_path), progress=False)
+    ex = lab.bench("lora").text_examples(["word " * 50, "short"])
+    assert max(len(e["input_ids"]) for e in ex) == 8 and p.max_length == 64
