@@ -45,11 +45,13 @@ SETTINGS: dict[str, dict] = {
                   pairwise_lam=0.5, response_tokens=12, num_beams=1, repetition_penalty=1.2,
                   add_special_tokens=False, judge_tokens=4, gen_batch=8, test_source="offline",
                   train_source="offline"),
+    # small: sized from costs measured on the 2-core CPU with one thread (SmolLM2-135M): ≈ 9–10 ms per
+    # training token (LoRA), 32 samples × 48 new tokens ≈ 19 s. Predicted ≈ 26 min at one thread.
     "small": dict(backbone=None, alpaca_adapter=None, lora_r=8, lora_alpha=16,
                   targets=["q_proj", "k_proj", "v_proj", "o_proj"], dropout=0.1, max_length=128, batch_size=8,
-                  alpaca_rows=600, alpaca_steps=150, alpaca_lr=1e-3, toxic_steps=120, toxic_lr=1e-3,
-                  train_comments=240, max_comment_words=40, seeds=24, shots=3, writer_tokens=32,
-                  heldout_comments=60, regular_pool=120, n_test=24, lams=(0.3, 0.4, 0.5), pairwise_lam=0.5,
+                  alpaca_rows=600, alpaca_steps=60, alpaca_lr=1e-3, toxic_steps=60, toxic_lr=1e-3,
+                  train_comments=120, max_comment_words=40, seeds=24, shots=3, writer_tokens=32,
+                  heldout_comments=60, regular_pool=120, n_test=20, lams=(0.3, 0.4, 0.5), pairwise_lam=0.5,
                   response_tokens=48, num_beams=1, repetition_penalty=1.3, add_special_tokens=False,
                   judge_tokens=6, gen_batch=8, test_source="offline", train_source="offline"),
     # Table 8 (Alpaca-LoRA detox): lr 1e-4, 1200 steps, batch 128, dropout 0.1, r = 16; Alpaca-LoRA's own
