@@ -1,6 +1,8 @@
 """Timing and memory helpers shared by the benchmarks."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import statistics
 import threading
 import time
@@ -21,9 +23,21 @@ def median_seconds(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -
     return statistics.median(times)
 
 
+def release_free_memory() -> None:
+    """Collect garbage and hand the allocator's free pages back to the OS (glibc ``malloc_trim``), so
+    that memory kept from an earlier, larger call does not hide the next call's peak."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement is then a lower bound
+        pass
+
+
 def peak_rss_mib(fn: Callable[[], object], interval: float = 0.002) -> float:
     """Peak resident memory (RSS, sampled by psutil every `interval` s in a thread) while `fn()` runs,
-    minus the RSS just before it: the extra memory the call needs, in MiB."""
+    minus the RSS just before it (after :func:`release_free_memory`): the extra memory the call
+    needs, in MiB."""
+    release_free_memory()
     proc = psutil.Process()
     start = proc.memory_info().rss
     peak = [start]

@@ -1,18 +1,21 @@
-"""(1) Time per λ point: pemnb's engine (compose state dicts, write_state into the live model) vs peft's
+"""(1) Time per λ point: pemnb's engine (``pemnb.sweep.sweep`` with ``pemnb.sweep.pair``: compose two
+state dicts, copy the result into the live model with a ``StateWriter``) vs peft's
 ``add_weighted_adapter`` + ``set_adapter`` (+ ``delete_adapter``, so adapters do not pile up).
 
 Both sides produce the same rank-r module (peft's ``linear`` combination), checked on logits. The
-evaluation step is EXCLUDED from the headline timing; a second figure adds the same SST-2 evaluation
-(EvalBatches) to both sides, to show what the saving is worth in a real sweep.
+evaluation step is EXCLUDED from the headline timing (the engine is timed as a whole ``sweep`` call
+with an evaluation that does nothing, so its set-up and the restore at the end are included, spread
+over the grid). Two more rows: the general path (``merge_methods.compose`` + ``modules.write_state``
+per point, with every check repeated per point), and both sides with the same SST-2 evaluation
+(EvalBatches), to show what the saving is worth in a real sweep.
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 import torch
 
 from pemnb import data, merge_methods as M
+from pemnb import sweep as SW
 from pemnb.backbones import load_backbone
 from pemnb.evaluate import EvalBatches
 from pemnb.modules import attach, canonical_key, read_state, write_state
@@ -61,10 +64,14 @@ def run(n_eval: int = 64, grid_points: int = 11, repeat: int = 3) -> dict:
     ds = data.subsample(data.load("glue/sst2", "validation"), n_eval, seed=0)
     batches = EvalBatches(data.tokenize_classification(ds, "glue/sst2", tok, 128), tok.pad_token_id, 64)
 
-    def engine_point(lam, method="linear", evaluate=False):
-        write_state(engine, M.compose(method, [s1, s2], [lam, 1 - lam]))
-        if evaluate:
-            batches.logits(engine)
+    writer = SW.StateWriter(engine)  # built once per model, like peft's adapters below
+
+    def engine_sweep(method="linear", evaluate=None):
+        compose = SW.pair(method, s1, s2)
+        return lambda: SW.sweep(engine, compose, grid, evaluate or (lambda m: {}), progress=False, writer=writer)
+
+    def general_point(lam):
+        write_state(engine, M.compose("linear", [s1, s2], [lam, 1 - lam]))
 
     def peft_point(lam, evaluate=False):
         peft_model.add_weighted_adapter(["m1", "m2"], [lam, 1 - lam], "mix", combination_type="linear")
@@ -75,27 +82,32 @@ def run(n_eval: int = 64, grid_points: int = 11, repeat: int = 3) -> dict:
         peft_model.delete_adapter("mix")
 
     # Same module on both sides: compare logits at one λ.
-    write_state(engine, M.linear([s1, s2], [0.3, 0.7]))
+    SW.StateWriter(engine)(SW.pair("linear", s1, s2)(0.3))
     peft_model.add_weighted_adapter(["m1", "m2"], [0.3, 0.7], "mix", combination_type="linear")
     peft_model.set_adapter("mix")
     max_diff = float(np.abs(batches.logits(engine) - batches.logits(peft_model)).max())
     peft_model.set_adapter("m1")
     peft_model.delete_adapter("mix")
+    # pair() is the pure functions, batched: same tensors bit for bit.
+    same_bits = all(torch.equal(SW.pair(m, s1, s2)(lam)[k], M.compose(m, [s1, s2], [lam, 1 - lam])[k])
+                    for m in ("linear", "paper") for lam in grid for k in s1)
 
     def loop(point, **kw):
         return lambda: [point(lam, **kw) for lam in grid]
 
-    t_engine = median_seconds(loop(engine_point), repeat) / len(grid)
-    t_engine_paper = median_seconds(loop(functools.partial(engine_point, method="paper")), repeat) / len(grid)
+    t_engine = median_seconds(engine_sweep(), repeat) / len(grid)
+    t_engine_paper = median_seconds(engine_sweep("paper"), repeat) / len(grid)
+    t_general = median_seconds(loop(general_point), repeat) / len(grid)
     t_peft = median_seconds(loop(peft_point), repeat) / len(grid)
-    t_engine_eval = median_seconds(loop(engine_point, evaluate=True), 1) / len(grid)
+    t_engine_eval = median_seconds(engine_sweep(evaluate=lambda m: {"n": len(batches.logits(m))}), 1) / len(grid)
     t_peft_eval = median_seconds(loop(peft_point, evaluate=True), 1) / len(grid)
-    mem_engine = peak_rss_mib(loop(engine_point))
+    mem_engine = peak_rss_mib(engine_sweep())
     mem_peft = peak_rss_mib(loop(peft_point))
     return {
         "backbone": BACKBONE, "lora": f"r={R}, alpha={ALPHA}, query+value", "grid_points": len(grid),
         "repeat": repeat, "n_eval": n_eval, "max_abs_logit_diff": max_diff,
         "engine_s_per_point": t_engine, "engine_paper_s_per_point": t_engine_paper,
+        "general_s_per_point": t_general, "ratio_general": t_peft / t_general, "pair_equals_compose": same_bits,
         "peft_s_per_point": t_peft, "ratio": t_peft / t_engine,
         "engine_with_eval_s": t_engine_eval, "peft_with_eval_s": t_peft_eval,
         "ratio_with_eval": t_peft_eval / t_engine_eval,
