@@ -287,11 +287,16 @@ REPORTED_TABLE11 = [  # Table 11 of the paper (GPT-2 large, Detoxify, WikiText-1
 ]
 
 
+def format_ppl(ppl: float) -> str:
+    """Perplexity as the paper writes it: two decimals, or a short exponent for a broken model (5.91e4)."""
+    return f"{ppl:.2f}" if ppl < 1e4 else f"{ppl:.2e}".replace("e+0", "e").replace("e+", "e")
+
+
 def reported_table11() -> pd.DataFrame:
     """The paper's Table 11, labelled as reported in the paper (PPL written as the paper writes it)."""
     from .tables import reported
 
-    rows = [(m, t, p, f"{ppl:.2f}" if ppl < 1e4 else f"{ppl:.2e}".replace("e+0", "e")) for m, t, p, ppl in REPORTED_TABLE11]
+    rows = [(m, t, p, format_ppl(ppl)) for m, t, p, ppl in REPORTED_TABLE11]
     return reported(rows, ["method", "toxicity ↓ [Detoxify]", "toxic % ↓ [Detoxify]", "PPL ↓"],
                     "Table 11, GPT-2 large, Detoxify")
 

@@ -188,3 +188,8 @@ def test_chapter_max_length_cuts_training_texts(tmp_path):
     lab = U.UnlearningLab(p, fake_scorer(), "a b c", cfg=cfg, cache=Cache(tmp_path), progress=False)
     ex = lab.bench("lora").text_examples(["word " * 50, "short"])
     assert max(len(e["input_ids"]) for e in ex) == 8 and p.max_length == 64
+
+
+def test_format_ppl_writes_broken_models_short():
+    assert U.format_ppl(16.444) == "16.44" and U.format_ppl(5.91e4) == "5.91e4" and U.format_ppl(2.194e13) == "2.19e13"
+    assert U.reported_table11().iloc[-1, -1] == "3.00e9"
