@@ -18,6 +18,7 @@ from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .evaluate import EvalBatches, classify
 from .modules import attach, read_state, write_state, lora_scaling
 from .profiles import Profile
+from .sweep import StateWriter
 from .train import train_module
 
 
@@ -102,6 +103,7 @@ class ClassifierBench:
                               checkpoint_dir=self.cache.scratch(parts), desc=f"{self.kind} {tag}",
                               progress=self.progress)
         state = read_state(self.model)
+        self._writer = None  # training may have replaced parameter objects: look them up again
         if is_main_process():  # under `accelerate launch` every rank holds the same module; one writes it
             self.cache.put_module(parts, state, self.kind,
                                   {"losses": result.losses[-20:], "seconds": result.seconds, **parts})
@@ -109,11 +111,18 @@ class ClassifierBench:
         return state
 
     # ------------------------------------------------------------------------------------ evaluate
+    def use(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Put a module state into the live model in place, through the sweep engine's writer (the
+        module's parameters are looked up once per bench, each write is one batched copy)."""
+        if getattr(self, "_writer", None) is None:
+            self._writer = StateWriter(self.model)
+        self._writer(state)
+
     def evaluate(self, state: Mapping[str, torch.Tensor], batches: EvalBatches) -> dict[str, float]:
         """GLUE metrics of the model carrying module `state` (cached when `batches` came from
         :meth:`batches`; batches built elsewhere are always evaluated)."""
         def compute() -> dict[str, float]:
-            write_state(self.model, state)
+            self.use(state)
             return {k: float(v) for k, v in classify(self.model, batches, self.task).items()}
 
         data_key = getattr(batches, "cache_key", None)

@@ -16,6 +16,7 @@ from .cache import Cache
 from .classify import is_main_process, use_one_thread_for_tiny_models
 from .evaluate import perplexity, sample, score_choices
 from .modules import attach, lora_scaling, read_state, write_state
+from .sweep import StateWriter
 from .profiles import Profile
 from .train import train_module
 
@@ -144,6 +145,7 @@ class DecoderBench:
                               pad_token_id=self.tokenizer.pad_token_id, checkpoint_dir=self.cache.scratch(parts),
                               desc=f"{self.kind} {tag}", progress=self.progress)
         state = read_state(self.model)
+        self._writer = None  # training may have replaced parameter objects: look them up again
         if is_main_process():
             self.cache.put_module(parts, state, self.kind, {"losses": result.losses[-20:], "seconds": result.seconds,
                                                              **{k: v for k, v in parts.items() if k != "start"}})
@@ -152,8 +154,11 @@ class DecoderBench:
 
     # ------------------------------------------------------------------------------------ evaluate
     def use(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Put a module state into the live model (in place)."""
-        write_state(self.model, state)
+        """Put a module state into the live model in place, through the sweep engine's writer (the
+        module's parameters are looked up once per bench, each write is one batched copy)."""
+        if getattr(self, "_writer", None) is None:
+            self._writer = StateWriter(self.model)
+        self._writer(state)
 
     def choice_scores(self, state, prompts: Sequence[str], choices: Sequence[str], batch_size: int = 16) -> np.ndarray:
         """Log-probabilities (n_prompts, n_choices) of the allowed answers under module `state`."""
