@@ -18,7 +18,7 @@ from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .evaluate import EvalBatches, classify
 from .modules import attach, read_state, write_state, lora_scaling
 from .profiles import Profile
-from .sweep import StateWriter
+from .sweep import WritesInPlace
 from .train import train_module
 
 
@@ -44,7 +44,7 @@ def fingerprint(ds) -> str:
     return h.hexdigest()[:20]
 
 
-class ClassifierBench:
+class ClassifierBench(WritesInPlace):
     """Backbone + one attached module (`kind`) for a GLUE-style task."""
 
     def __init__(self, profile: Profile, task: str, kind: str, *, cache: Cache | None = None,
@@ -103,7 +103,7 @@ class ClassifierBench:
                               checkpoint_dir=self.cache.scratch(parts), desc=f"{self.kind} {tag}",
                               progress=self.progress)
         state = read_state(self.model)
-        self._writer = None  # training may have replaced parameter objects: look them up again
+        self.forget_writer()  # training may have replaced parameter objects: look them up again
         if is_main_process():  # under `accelerate launch` every rank holds the same module; one writes it
             self.cache.put_module(parts, state, self.kind,
                                   {"losses": result.losses[-20:], "seconds": result.seconds, **parts})
@@ -111,13 +111,6 @@ class ClassifierBench:
         return state
 
     # ------------------------------------------------------------------------------------ evaluate
-    def use(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Put a module state into the live model in place, through the sweep engine's writer (the
-        module's parameters are looked up once per bench, each write is one batched copy)."""
-        if getattr(self, "_writer", None) is None:
-            self._writer = StateWriter(self.model)
-        self._writer(state)
-
     def evaluate(self, state: Mapping[str, torch.Tensor], batches: EvalBatches) -> dict[str, float]:
         """GLUE metrics of the model carrying module `state` (cached when `batches` came from
         :meth:`batches`; batches built elsewhere are always evaluated)."""

@@ -16,7 +16,7 @@ from .cache import Cache
 from .classify import is_main_process, use_one_thread_for_tiny_models
 from .evaluate import perplexity, sample, score_choices
 from .modules import attach, lora_scaling, read_state, write_state
-from .sweep import StateWriter
+from .sweep import WritesInPlace
 from .profiles import Profile
 from .train import train_module
 
@@ -96,7 +96,7 @@ def fingerprint_examples(examples: Sequence[Mapping]) -> str:
     return h.hexdigest()[:20]
 
 
-class DecoderBench:
+class DecoderBench(WritesInPlace):
     """One generative backbone (decoder-only, or T5) with one module attached."""
 
     def __init__(self, profile: Profile, kind: str, *, backbone: str | None = None, cache: Cache | None = None,
@@ -145,7 +145,7 @@ class DecoderBench:
                               pad_token_id=self.tokenizer.pad_token_id, checkpoint_dir=self.cache.scratch(parts),
                               desc=f"{self.kind} {tag}", progress=self.progress)
         state = read_state(self.model)
-        self._writer = None  # training may have replaced parameter objects: look them up again
+        self.forget_writer()  # training may have replaced parameter objects: look them up again
         if is_main_process():
             self.cache.put_module(parts, state, self.kind, {"losses": result.losses[-20:], "seconds": result.seconds,
                                                              **{k: v for k, v in parts.items() if k != "start"}})
@@ -153,13 +153,6 @@ class DecoderBench:
         return state
 
     # ------------------------------------------------------------------------------------ evaluate
-    def use(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Put a module state into the live model in place, through the sweep engine's writer (the
-        module's parameters are looked up once per bench, each write is one batched copy)."""
-        if getattr(self, "_writer", None) is None:
-            self._writer = StateWriter(self.model)
-        self._writer(state)
-
     def choice_scores(self, state, prompts: Sequence[str], choices: Sequence[str], batch_size: int = 16) -> np.ndarray:
         """Log-probabilities (n_prompts, n_choices) of the allowed answers under module `state`."""
         self.use(state)

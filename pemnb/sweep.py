@@ -86,6 +86,23 @@ class StateWriter:
         torch._foreach_copy_(self._params, snapshot)
 
 
+class WritesInPlace:
+    """For benches holding a live ``self.model``: :meth:`use` writes a module state through one
+    :class:`StateWriter`, built on first use and dropped by :meth:`forget_writer` (after training, which
+    may replace parameter objects)."""
+
+    _writer: StateWriter | None = None
+
+    def use(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Put a module state into the live model in place (one batched copy)."""
+        if self._writer is None:
+            self._writer = StateWriter(self.model)
+        self._writer(state)
+
+    def forget_writer(self) -> None:
+        self._writer = None
+
+
 _PAIR_METHODS = ("paper", "linear")
 
 
