@@ -7,6 +7,7 @@ For a full fine-tune (``kind="fft"``) the state is the task vector τ = θ_ft �
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Mapping
 
@@ -104,21 +105,66 @@ def read_state(model) -> dict[str, torch.Tensor]:
 def write_state(model, state: Mapping[str, torch.Tensor]) -> None:
     """Copy a module state into the live model in place (no new adapter objects, no reload).
 
-    This is what makes a λ sweep cheap: compose on the state dicts, then write.
+    This is what makes a λ sweep cheap: compose on the state dicts, then write. A sweep writing many
+    states into one model builds one :class:`StateWriter` and calls it.
     """
-    kind = kind_of(model)
-    check_kind(state, kind)
-    params = module_parameters(model)
-    if set(params) != set(state):
-        missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
-        raise ValueError(f"state does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
-    pre = getattr(model, _PRETRAINED, None)
-    for k, p in params.items():
-        v = state[k]
-        if v.shape != p.shape:
-            raise ValueError(f"{k}: state has shape {tuple(v.shape)}, model has {tuple(p.shape)}")
-        v = v.to(device=p.device, dtype=p.dtype)
-        p.copy_(pre[k].to(p.device) + v if kind == "fft" else v)
+    StateWriter(model)(state)
+
+
+class StateWriter:
+    """:func:`write_state` bound to one model: the module's live parameters are looked up once, and
+    every write is one batched copy (``torch._foreach_copy_``). It checks kind, keys, shapes and finite
+    values, and raises the errors :func:`pemnb.arithmetic.check_kind` raises.
+    Build it after the module is attached and its trainable parameters are set; a writer does not see
+    parameters frozen or unfrozen later (build a new one).
+    """
+
+    def __init__(self, model):
+        self.kind = kind_of(model)
+        params = module_parameters(model)
+        self.keys = tuple(params)
+        self._keyset = frozenset(self.keys)
+        self._params = [params[k] for k in self.keys]
+        pre = getattr(model, _PRETRAINED, None) if self.kind == "fft" else None
+        self._pre = [pre[k].to(p.device) for k, p in zip(self.keys, self._params)] if pre is not None else None
+        self._kind_checked = False
+
+    @torch.no_grad()
+    def __call__(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy `state` into the model's module in place."""
+        if not self._kind_checked or state.keys() != self._keyset:
+            check_kind(state, self.kind)  # roles depend on the keys only: once for the model's key set
+            if state.keys() != self._keyset:
+                missing, extra = sorted(self._keyset - set(state)), sorted(set(state) - self._keyset)
+                raise ValueError(f"state does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
+            self._kind_checked = True
+        values = [state[k] for k in self.keys]
+        if not all(torch.is_tensor(v) for v in values):
+            check_kind(state, self.kind)  # raises the TypeError naming the key
+        # Σ‖v‖² is finite iff every entry is (or it overflowed: then the exact check below just passes)
+        if not math.isfinite(sum(float(torch.dot(v.reshape(-1), v.reshape(-1)))
+                                 for v in values if v.is_floating_point() and v.numel())):
+            check_kind(state, self.kind)  # raises the ValueError naming the key
+        for k, v, p in zip(self.keys, values, self._params):
+            if v.shape != p.shape:
+                raise ValueError(f"{k}: state has shape {tuple(v.shape)}, model has {tuple(p.shape)}")
+        values = [v if (v.dtype == p.dtype and v.device == p.device) else v.to(device=p.device, dtype=p.dtype)
+                  for v, p in zip(values, self._params)]
+        if self._pre is not None:
+            values = torch._foreach_add(self._pre, values)
+        torch._foreach_copy_(self._params, values)
+
+    @torch.no_grad()
+    def snapshot(self) -> list[torch.Tensor]:
+        """A copy of the module's live parameters, for :meth:`restore` (raw values: no θ_pre subtracted)."""
+        return [p.detach().clone() for p in self._params]
+
+    @torch.no_grad()
+    def restore(self, snapshot: list[torch.Tensor]) -> None:
+        """Put back the parameters a :meth:`snapshot` of this writer copied, bit for bit."""
+        if len(snapshot) != len(self._params):
+            raise ValueError(f"snapshot has {len(snapshot)} tensors, the module {len(self._params)}")
+        torch._foreach_copy_(self._params, snapshot)
 
 
 def lora_scaling(model) -> float:

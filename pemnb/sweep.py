@@ -8,9 +8,9 @@ again, see :func:`delta_applied`). ``evaluate(model)`` returns a dict of metrics
 :class:`pemnb.evaluate.EvalBatches` built once before the sweep.
 
 Two pieces keep the per-λ overhead (everything but the evaluation) to a fraction of a millisecond on a
-small model: :class:`StateWriter` is ``write_state`` bound to one model (the parameters are looked up
-once, not on every write), and :func:`pair` composes two modules along λ with the checks done once per
-sweep instead of once per point (its results equal :mod:`pemnb.merge_methods`' bit for bit).
+small model: :class:`pemnb.modules.StateWriter` is ``write_state`` bound to one model (the parameters
+are looked up once, not on every write), and :func:`pair` composes two modules along λ with the checks
+done once per sweep instead of once per point (its results equal :mod:`pemnb.merge_methods`' bit for bit).
 """
 from __future__ import annotations
 
@@ -22,68 +22,11 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from .arithmetic import _check_weights, check_compatible, check_kind, role
+from .arithmetic import _check_weights, check_compatible, role
 from .merge_methods import DenseDelta
-from .modules import _PRETRAINED, canonical_key, kind_of, module_parameters, read_state, write_state
+from .modules import StateWriter, canonical_key, kind_of, module_parameters, read_state, write_state
 
 Composed = Mapping[str, torch.Tensor] | DenseDelta
-
-
-class StateWriter:
-    """:func:`pemnb.modules.write_state` bound to one model: the module's live parameters are looked up
-    once, and every write is one batched copy (``torch._foreach_copy_``).
-
-    Same checks and errors as ``write_state`` (kind, keys, shapes, finite values), in the same order.
-    Build it after the module is attached and its trainable parameters are set; a writer does not see
-    parameters frozen or unfrozen later (build a new one).
-    """
-
-    def __init__(self, model):
-        self.kind = kind_of(model)
-        params = module_parameters(model)
-        self.keys = tuple(params)
-        self._keyset = frozenset(self.keys)
-        self._params = [params[k] for k in self.keys]
-        pre = getattr(model, _PRETRAINED, None) if self.kind == "fft" else None
-        self._pre = [pre[k].to(p.device) for k, p in zip(self.keys, self._params)] if pre is not None else None
-        self._kind_checked = False
-
-    @torch.no_grad()
-    def __call__(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Copy `state` into the model's module in place."""
-        if not self._kind_checked or state.keys() != self._keyset:
-            check_kind(state, self.kind)  # roles depend on the keys only: once for the model's key set
-            if state.keys() != self._keyset:
-                missing, extra = sorted(self._keyset - set(state)), sorted(set(state) - self._keyset)
-                raise ValueError(f"state does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
-            self._kind_checked = True
-        values = [state[k] for k in self.keys]
-        if not all(torch.is_tensor(v) for v in values):
-            check_kind(state, self.kind)  # raises the TypeError naming the key
-        # Σ‖v‖² is finite iff every entry is (or it overflowed: then the exact check below just passes)
-        if not math.isfinite(sum(float(torch.dot(v.reshape(-1), v.reshape(-1)))
-                                 for v in values if v.is_floating_point() and v.numel())):
-            check_kind(state, self.kind)  # raises the ValueError naming the key
-        for k, v, p in zip(self.keys, values, self._params):
-            if v.shape != p.shape:
-                raise ValueError(f"{k}: state has shape {tuple(v.shape)}, model has {tuple(p.shape)}")
-        values = [v if (v.dtype == p.dtype and v.device == p.device) else v.to(device=p.device, dtype=p.dtype)
-                  for v, p in zip(values, self._params)]
-        if self._pre is not None:
-            values = torch._foreach_add(self._pre, values)
-        torch._foreach_copy_(self._params, values)
-
-    @torch.no_grad()
-    def snapshot(self) -> list[torch.Tensor]:
-        """A copy of the module's live parameters, for :meth:`restore` (raw values: no θ_pre subtracted)."""
-        return [p.detach().clone() for p in self._params]
-
-    @torch.no_grad()
-    def restore(self, snapshot: list[torch.Tensor]) -> None:
-        """Put back the parameters a :meth:`snapshot` of this writer copied, bit for bit."""
-        if len(snapshot) != len(self._params):
-            raise ValueError(f"snapshot has {len(snapshot)} tensors, the module {len(self._params)}")
-        torch._foreach_copy_(self._params, snapshot)
 
 
 class WritesInPlace:
