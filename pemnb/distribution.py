@@ -79,8 +79,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
         # quiet): a step of batch 16 at max length 64 costs 0.82 s (fft) and 0.47 s (lora, ia3), the
         # sweeps about 7 minutes in all; with 40 steps for every kind the chapter took 32.4 minutes.
         "steps": {"fft": 24, "lora": 30, "ia3": 30},
-        # Few steps: learning rates at the top of (or above) Table 8's ranges so the modules learn.
-        "lr": {"fft": 1e-4, "lora": 3e-3, "ia3": 3e-2},
+        # Few steps, so learning rates above Table 8's ranges. Measured on SST-2 (one seed, 250 rows):
+        # at fft 1e-4 / lora 3e-3 / ia3 3e-2 and these steps every module stayed at chance (48–60%);
+        # the rates below reached 78 / 68 / 62% (s0) and 71 / 73 / 70% (fullset). QNLI stays at
+        # chance with any rate tried (up to 5e-4 / 1e-2 / 1e-1): 30 steps are too few for it.
+        "lr": {"fft": 3e-4, "lora": 6e-3, "ia3": 6e-2},
         "max_length": 64,
         "lam_grid": _grid(0.25),
         "share": 0.8, "skew_label": "paper",
