@@ -63,7 +63,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "multitask_eval_rows": 48,
         "lam_grid": (0.0, 0.25, 0.5, 0.75, 1.0),
         "ties_density": 0.2, "dare_drop_rate": 0.5, "dare_seed": 0,
-        "tolerance": 0.01,
+        # "As good as the best" must be wider than the noise: an accuracy near 50% on n rows has a
+        # standard error of √(0.25/n); over these four scenarios (194, 250 and 250 rows, and the mean of
+        # 48 + 48) the mean score's is ≈ 1.9 points, so two of them ≈ 4 points.
+        "tolerance": 0.04,
         "cost_repeat": 5,
     },
     "paper": {
