@@ -7,8 +7,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PROFILE := $(or $(PEMNB_PROFILE),small)
-# The offline data folder beside a checkout is used when the caller names none.
-export PEMNB_DATA_DIR ?= $(abspath $(wildcard ../shared/data))
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
 JB_ARGS := --toc book/_toc.yml --config _config.yml
 

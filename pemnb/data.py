@@ -50,10 +50,7 @@ DATASETS: dict[str, DatasetSpec] = {d.name: d for d in [
                 "UCI Sentiment Labelled Sentences (Yelp), 1000 rows, one unsplit train file"),
     DatasetSpec("amazon_sentences", "amazon_sentences", None, ("content",), "label", 2,
                 "UCI Sentiment Labelled Sentences (Amazon), 1000 rows, one unsplit train file"),
-    DatasetSpec("imdb_sentences", "imdb_sentences", None, ("text",), "label", 2,
-                "UCI Sentiment Labelled Sentences (IMDb), 1000 rows, one unsplit train file"),
-    DatasetSpec("cr", "cr", ("SetFit/CR", None), ("text",), "label", 2, "Customer Reviews; the local split is its source's own 80/20"),
-    DatasetSpec("mr", "mr", None, ("text",), "label", 2, "Movie Review polarity; the local split is its source's own 80/20"),
+    DatasetSpec("cr", None, ("SetFit/CR", None), ("text",), "label", 2, "Customer Reviews (hub only)"),
     DatasetSpec("alpaca", "alpaca_sample", ("tatsu-lab/alpaca", None), ("instruction", "input"), None, None,
                 "the local mirror is a 1000-record sample"),
 ]}
@@ -100,25 +97,34 @@ def load(name: str, split: str, *, root: str | Path | None = None):
         return datasets.load_dataset("json", data_files={split: str(f)}, split=split)
     base = Path(root) if root is not None else data_dir()
     if base is None:
-        looked.append(f"${DATA_ENV} is not set")
+        looked.append(f"no local data folder (${DATA_ENV} is unset and the checkout's data/ is absent)")
     elif spec.local is None:
-        looked.append(f"{base}: this dataset has no local mirror")
+        looked.append(f"{base}: this dataset has no local copy")
     else:
         looked.append(f"{base / spec.local / (split + '.jsonl')} (missing)")
     if spec.hub is None:
-        looked.append("the hub: this dataset has no hub copy registered")
+        looked.append("the hub: none — this dataset has NO hub copy, so only a local file can provide it")
     elif _offline():
-        looked.append(f"the hub ({spec.hub[0]}): skipped, offline mode (HF_HUB_OFFLINE / PEMNB_OFFLINE)")
+        looked.append(f"the hub ({hub_id(spec)}): skipped, offline mode (HF_HUB_OFFLINE / PEMNB_OFFLINE)")
     else:
         try:
             return datasets.load_dataset(spec.hub[0], spec.hub[1], split=split)
         except Exception as e:  # no network, no such split, gated…
-            looked.append(f"the hub ({spec.hub[0]}, {spec.hub[1]}, split={split}): {type(e).__name__}: {e}")
+            looked.append(f"the hub ({hub_id(spec)}, split={split}): {type(e).__name__}: {e}")
     where = spec.local or name.replace("/", "_")
-    raise DataNotFound(
-        f"dataset {name!r} split {split!r} not found. Looked in:\n  - " + "\n  - ".join(looked) +
-        f"\nProvide it as JSON Lines in the hub's schema at $PEMNB_DATA_DIR/{where}/{split}.jsonl, "
-        "or run with internet access so it loads from the hub.")
+    how = f"put it as JSON Lines in the hub's schema at $PEMNB_DATA_DIR/{where}/{split}.jsonl"
+    if spec.hub is not None:
+        how += f", or run with internet access so it loads from the hub ({hub_id(spec)})"
+    raise DataNotFound(f"dataset {name!r} split {split!r} not found. Looked in:\n  - " + "\n  - ".join(looked)
+                       + f"\nTo provide it: {how}.")
+
+
+def hub_id(spec: DatasetSpec) -> str:
+    """The hub dataset a spec names, e.g. `nyu-mll/glue (config rte)`; "none" when it has no hub copy."""
+    if spec.hub is None:
+        return "none"
+    path, config = spec.hub
+    return f"{path} (config {config})" if config else path
 
 
 def subsample(ds, n: int | None, seed: int):

@@ -15,7 +15,14 @@ def cache_root() -> Path:
     return root
 
 
+# The offline data the project ships (see data/README.md), next to the package in a checkout.
+SHIPPED_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
 def data_dir() -> Path | None:
-    """$PEMNB_DATA_DIR as a Path, or None when unset (then data comes from the hub)."""
+    """$PEMNB_DATA_DIR, else the repository's `data/` folder; None only when neither exists
+    (an installed package without its checkout: then data comes from the hub)."""
     d = os.environ.get(DATA_ENV)
-    return Path(d).expanduser().resolve() if d else None
+    if d:
+        return Path(d).expanduser().resolve()
+    return SHIPPED_DATA if SHIPPED_DATA.is_dir() else None

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from pemnb.paths import data_dir
+
 # Offline, CPU, quiet: tests never reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -11,7 +13,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -24,9 +25,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def shared_data(monkeypatch):
-    """The real offline data folder (../shared/data or $PEMNB_DATA_DIR)."""
-    root = Path(os.environ.get("PEMNB_DATA_DIR") or SHARED_DATA)
-    if not (root / "glue").exists():
-        pytest.fail(f"real data folder not found at {root}; set PEMNB_DATA_DIR")
+    """The real offline data folder ($PEMNB_DATA_DIR, else the data/ folder the project ships)."""
+    root = data_dir()
+    if root is None or not (root / "glue").exists():
+        pytest.fail(f"real data folder not found at {root}; the checkout's data/ folder is missing")
     monkeypatch.setenv("PEMNB_DATA_DIR", str(root))
     return root
