@@ -3,9 +3,15 @@
 A module's *state* is a plain ``dict[str, Tensor]`` with canonical keys (peft's adapter name and
 ``modules_to_save`` wrappers stripped), so :mod:`pemnb.arithmetic` can compose it without a model.
 For a full fine-tune (``kind="fft"``) the state is the task vector τ = θ_ft − θ_pre.
+
+Modules leave and enter pemnb in peft's own format: :func:`export_peft` writes any LoRA/(IA)³ state
+(trained or composed) as an adapter folder stock ``PeftModel.from_pretrained`` loads, :func:`import_peft`
+and :func:`attach_peft` read any peft adapter folder, :func:`save_finetuned` saves a composed full
+fine-tune θ_pre + τ with ``save_pretrained``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -13,7 +19,7 @@ from typing import Mapping
 
 import torch
 
-from .arithmetic import KINDS, check_kind
+from .arithmetic import KINDS, check_kind, role
 from .backbones import HEAD_MODULES, IA3_TARGETS, LORA_TARGETS, family_of
 
 _PRETRAINED = "_pemnb_pretrained"
@@ -135,8 +141,7 @@ class StateWriter:
         if not self._kind_checked or state.keys() != self._keyset:
             check_kind(state, self.kind)  # roles depend on the keys only: once for the model's key set
             if state.keys() != self._keyset:
-                missing, extra = sorted(self._keyset - set(state)), sorted(set(state) - self._keyset)
-                raise ValueError(f"state does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
+                raise ValueError(f"state does not fit this model: {_fit_report(state, self._keyset)}")
             self._kind_checked = True
         values = [state[k] for k in self.keys]
         if not all(torch.is_tensor(v) for v in values):
@@ -204,3 +209,167 @@ def load_module(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dict]:
         raise ValueError(f"{path} was not written by pemnb.save_module (no pemnb_kind in its header)")
     check_kind(state, kind)
     return state, kind, json.loads(header.get("pemnb_meta", "{}"))
+
+
+# ------------------------------------------------------------------------------ peft's adapter format
+# A peft adapter folder: adapter_config.json (the peft config) + adapter_model.safetensors whose keys are
+# pemnb's canonical keys under peft's wrapper prefix (peft strips the adapter name and the
+# modules_to_save wrapper when it saves, so the head is 'base_model.model.classifier.weight').
+PEFT_PREFIX = "base_model.model."
+PEFT_CONFIG_FILE = "adapter_config.json"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+PEFT_TYPES = {"LORA": "lora", "IA3": "ia3"}
+
+
+def _fit_report(state_keys, model_keys) -> str:
+    """What is wrong when a state's keys are not the module's keys (names the keys)."""
+    state_keys, model_keys = set(state_keys), set(model_keys)
+    missing, extra = sorted(model_keys - state_keys), sorted(state_keys - model_keys)
+    more = lambda xs: f"{xs[:3]}{' and %d more' % (len(xs) - 3) if len(xs) > 3 else ''}"  # noqa: E731
+    if not state_keys & model_keys:
+        hint = (" (these are peft-format keys: read the folder with pemnb.modules.import_peft)"
+                if any(k.startswith(PEFT_PREFIX) for k in extra) else "")
+        return (f"none of the state's {len(state_keys)} keys names a parameter of this model's module: "
+                f"the state has {more(extra)}, the model has {more(missing)}{hint}")
+    return f"missing {more(missing)}, unexpected {more(extra)}"
+
+
+def export_peft(model, folder: str | Path, state: Mapping[str, torch.Tensor] | None = None, *,
+                base_model_name_or_path: str | None = None) -> Path:
+    """Write a module state (default: the model's own) as a standard peft adapter folder; returns it.
+
+    ``adapter_config.json`` is the peft config the module was attached with (a classification head as
+    ``modules_to_save``); ``adapter_model.safetensors`` holds the state under peft's ``base_model.model.``
+    prefix, so ``PeftModel.from_pretrained(base, folder)`` computes what pemnb computes with the state
+    written. A composed LoRA state of another rank (e.g. ``merge_methods.cat``) keeps each layer's
+    scaling α/r: the config's r and α (and rank/alpha patterns for odd layers) follow the state.
+    model: the model the state belongs to, with its module attached (``attach``).
+    """
+    from safetensors.torch import save_file
+
+    kind = kind_of(model)
+    if kind == "fft":
+        raise ValueError("a full fine-tune is not a peft adapter; save it with pemnb.modules.save_finetuned")
+    state = read_state(model) if state is None else dict(state)
+    check_kind(state, kind)
+    params = module_parameters(model)
+    if state.keys() != params.keys():
+        raise ValueError(f"state does not fit this model's {kind} module: {_fit_report(state, params)}")
+    config = copy.deepcopy(model.peft_config["default"])
+    config.inference_mode = True
+    if base_model_name_or_path is not None:
+        config.base_model_name_or_path = base_model_name_or_path
+    for k, v in state.items():
+        want = params[k].shape
+        if kind == "lora" and role(k) == "lora_A" and v.shape[1:] != want[1:]:
+            raise ValueError(f"{k}: state has shape {tuple(v.shape)}, the layer takes inputs of {want[1]}")
+        if kind == "lora" and role(k) == "lora_B" and v.shape[:1] != want[:1]:
+            raise ValueError(f"{k}: state has shape {tuple(v.shape)}, the layer has {want[0]} outputs")
+        if not (kind == "lora" and role(k) in ("lora_A", "lora_B")) and v.shape != want:
+            raise ValueError(f"{k}: state has shape {tuple(v.shape)}, model has {tuple(want)}")
+    if kind == "lora":
+        _lora_config_for(model, config, state)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(folder))
+    save_file({PEFT_PREFIX + k: v.detach().cpu().contiguous() for k, v in state.items()},
+              str(folder / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+    return folder
+
+
+def _lora_config_for(model, config, state: Mapping[str, torch.Tensor]) -> None:
+    """Set r, lora_alpha, rank_pattern and alpha_pattern so every layer has the state's rank and the
+    live layer's scaling (peft: scaling = α/r, or α/√r with rslora)."""
+    from collections import Counter
+
+    from .arithmetic import lora_pairs
+
+    scale = {canonical_key(n): m.scaling["default"] for n, m in model.named_modules()
+             if hasattr(m, "lora_A") and hasattr(m, "scaling") and "default" in getattr(m, "scaling", {})}
+    ranks = {t: int(a.shape[0]) for t, (a, _) in lora_pairs(state).items()}
+    root = math.sqrt if config.use_rslora else (lambda r: r)
+    alphas = {t: scale[t] * root(r) for t, r in ranks.items()}
+    r0 = Counter(ranks.values()).most_common(1)[0][0]
+    a0 = Counter(alphas[t] for t in ranks if ranks[t] == r0).most_common(1)[0][0]
+    config.r, config.lora_alpha = r0, (int(a0) if float(a0).is_integer() else a0)
+    config.rank_pattern = {t: r for t, r in ranks.items() if r != r0}
+    config.alpha_pattern = {t: a for t, a in alphas.items() if a != a0}
+
+
+def import_peft(folder: str | Path) -> tuple[dict[str, torch.Tensor], str, dict]:
+    """(state, kind, peft config as a dict) of a peft LoRA or (IA)³ adapter folder (any writer: peft's
+    ``save_pretrained``, :func:`export_peft`, a hub download). Keys become pemnb's canonical keys.
+
+    Reads ``adapter_model.safetensors``, else an older ``adapter_model.bin`` (tensors only,
+    ``torch.load(weights_only=True)``).
+    """
+    folder = Path(folder)
+    cfg_path = folder / PEFT_CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a peft adapter folder: no {PEFT_CONFIG_FILE}")
+    config = json.loads(cfg_path.read_text())
+    kind = PEFT_TYPES.get(config.get("peft_type"))
+    if kind is None:
+        raise ValueError(f"{cfg_path}: peft_type {config.get('peft_type')!r} is not a module pemnb composes "
+                         f"(expected one of {sorted(PEFT_TYPES)})")
+    if config.get("use_dora"):
+        raise ValueError(f"{cfg_path}: a DoRA adapter (use_dora) has magnitude vectors pemnb's LoRA "
+                         "arithmetic does not define")
+    if (folder / PEFT_WEIGHTS_FILE).is_file():
+        from safetensors.torch import load_file
+
+        raw = load_file(str(folder / PEFT_WEIGHTS_FILE))
+    elif (folder / "adapter_model.bin").is_file():
+        raw = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{folder}: no {PEFT_WEIGHTS_FILE} (or adapter_model.bin)")
+    state = {canonical_key(k): v for k, v in raw.items()}
+    if len(state) != len(raw):
+        raise ValueError(f"{folder}: keys collide once peft's wrappers are stripped")
+    check_kind(state, kind)
+    return state, kind, config
+
+
+def attach_peft(model, folder: str | Path):
+    """Attach the module of a peft adapter folder to `model` (a base model) with the folder's own
+    config, write its weights, and return the model to compose with (as :func:`attach` would)."""
+    from peft import PeftConfig, get_peft_model
+
+    state, kind, _ = import_peft(folder)
+    config = PeftConfig.from_pretrained(str(folder))
+    config.inference_mode = False  # the module's parameters are what read_state/write_state see
+    peft_model = get_peft_model(model, config)
+    peft_model.pemnb_kind = kind
+    write_state(peft_model, state)
+    return peft_model
+
+
+@torch.no_grad()
+def save_finetuned(model, folder: str | Path, tau: Mapping[str, torch.Tensor] | None = None, **save_kwargs) -> Path:
+    """Save θ_pre + τ (a composed full fine-tune, e.g. θ_pre − λτ = ``negate(τ, "fft", λ)``) as a
+    transformers model folder with ``save_pretrained``; ``from_pretrained`` reloads it. Returns the folder.
+
+    model: a model attached with ``kind="fft"`` (it remembers θ_pre); it is not changed — the weights
+    are written into a copy. tau: the task vector to apply (default: the model's own τ).
+    """
+    if kind_of(model) != "fft":
+        raise ValueError(f"save_finetuned saves full fine-tunes; this model carries a {kind_of(model)!r} "
+                         "module (export it with pemnb.modules.export_peft)")
+    tau = read_state(model) if tau is None else dict(tau)
+    check_kind(tau, "fft")
+    pre = getattr(model, _PRETRAINED)
+    if tau.keys() != pre.keys():
+        raise ValueError(f"task vector does not fit this model: {_fit_report(tau, pre)}")
+    delattr(model, _PRETRAINED)  # not copied: θ_pre is read from the original below
+    try:
+        clone = copy.deepcopy(model)
+    finally:
+        setattr(model, _PRETRAINED, pre)
+    del clone.pemnb_kind
+    for name, p in clone.named_parameters():
+        if tau[name].shape != p.shape:
+            raise ValueError(f"{name}: τ has shape {tuple(tau[name].shape)}, model has {tuple(p.shape)}")
+        p.copy_(pre[name].to(p.device) + tau[name].to(device=p.device, dtype=p.dtype))
+    folder = Path(folder)
+    clone.save_pretrained(str(folder), **save_kwargs)
+    return folder
