@@ -414,7 +414,7 @@ def _threads(n: int | None):
 
 
 def _run_chapter(profile: Profile, settings: dict, cache: Cache, progress: bool) -> "ChapterResult":
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     t0 = time.perf_counter()
     tds, skipped = {}, {}
@@ -465,32 +465,22 @@ def gains(rows: pd.DataFrame, merged: str = "merged, λ selected") -> pd.DataFra
 def sweep_figure(sweep: pd.DataFrame, rows: pd.DataFrame, *, split: str = "eval", ncols: int = 4):
     """The paper's Figure 5: per task, the merged module's score against λ for each kind (solid), with
     the fullset module of the same kind as a dashed line. λ = 1 is s0 and λ = 0 is s1."""
-    import matplotlib.pyplot as plt
+    from . import plots
 
     df = sweep[sweep["split"] == split]
     if df.empty:
         raise ValueError(f"no sweep rows on split {split!r}")
-    tasks = [t for t in TASKS if t in set(df["task"])]
-    cols = min(ncols, len(tasks))
-    nrows = (len(tasks) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.9 * nrows), squeeze=False)
-    for ax, task in zip(axes.flat, tasks):
-        for i, kind in enumerate(k for k in KIND_ORDER if k in set(df["kind"])):
-            g = df[(df["task"] == task) & (df["kind"] == kind)].sort_values("lam")
-            ax.plot(g["lam"], 100 * g["score"], marker="o", ms=3, color=f"C{i}", label=KIND_NAMES[kind])
-            full = rows[(rows["task"] == task) & (rows["kind"] == kind) & (rows["module"] == "fullset")]
-            if len(full):
-                ax.axhline(100 * float(full["score"].iloc[0]), ls="--", lw=1, color=f"C{i}",
-                           label=f"{KIND_NAMES[kind]} fullset")
-        ax.set_title(f"{task} ({METRICS[task][0]})")
-        ax.set_xlabel("λ  (1 = s0, 0 = s1)")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(tasks):]:
-        ax.set_visible(False)
-    axes.flat[0].set_ylabel("score × 100")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    kinds = [KIND_NAMES[k] for k in KIND_ORDER if k in set(df["kind"])]
+    panel = lambda t: f"{t} ({METRICS[t][0]})"
+    order = [t for t in TASKS if t in set(df["task"])]
+    long = df.assign(kind=df["kind"].map(KIND_NAMES), task=df["task"].map(panel), score=100 * df["score"])
+    long = long.sort_values("task", key=lambda c: c.map({panel(t): i for i, t in enumerate(order)}), kind="stable")
+    long = long.sort_values("kind", key=lambda c: c.map({k: i for i, k in enumerate(kinds)}), kind="stable")
+    full = rows[rows["module"] == "fullset"]
+    refs = pd.DataFrame({"task": full["task"].map(panel), "kind": full["kind"].map(KIND_NAMES),
+                         "value": 100 * full["score"], "label": full["kind"].map(KIND_NAMES) + " fullset"})
+    return plots.sweep(long, "score", hue="kind", col="task", refs=refs, ncols=ncols,
+                       ylabel="score × 100", xlabel="λ  (1 = s0, 0 = s1)", sharey=False)
 
 
 def merge_effects(rows: pd.DataFrame, merged: str = "merged, λ selected") -> pd.DataFrame:

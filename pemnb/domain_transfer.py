@@ -254,7 +254,7 @@ def transfer_rows(bench: DecoderBench, modules: Mapping[str, Mapping[str, torch.
 
     cls(source) is the analogy at λ = 1 exactly (checked on the states); it is then read off that
     evaluation instead of being scored twice."""
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     kind, jobs = bench.kind, []
     for src, tgt in s["directions"]:
@@ -383,34 +383,26 @@ def gains(df: pd.DataFrame) -> pd.DataFrame:
 
 def sweep_figure(df: pd.DataFrame, backbone: str, *, title: str | None = None):
     """Figure 7 of the paper for one backbone: target-domain test accuracy against λ, one panel per
-    (direction, kind), with the target classifier (ceiling) and the identity (zero-shot) as lines."""
-    import matplotlib.pyplot as plt
+    (direction, kind), with the target classifier (ceiling) and the identity (zero-shot) as lines.
+    The λ axis is the paper's range (0.84–1), where the curves live, whenever the grid covers it."""
+    from . import plots
 
     sub = df[df["backbone"] == backbone]
     if sub.empty:
         raise ValueError(f"no rows for backbone {backbone!r}")
-    directions = list(dict.fromkeys(sub["direction"]))
     kinds = [k for k in KINDS if k in set(sub["kind"])]
-    fig, axes = plt.subplots(len(directions), len(kinds), figsize=(3.6 * len(kinds), 2.9 * len(directions)),
-                             squeeze=False, sharey=True)
-    for i, d in enumerate(directions):
-        for j, k in enumerate(kinds):
-            ax, g = axes[i][j], sub[(sub["direction"] == d) & (sub["kind"] == k)]
-            a = g[g["method"] == "analogy"].sort_values("lam")
-            ax.plot(a["lam"], a["accuracy"], marker="o", ms=3, color="C0", label="analogy θ(λ)")
-            refs = {"target cls (ceiling)": (g, "--", "C2"),
-                    ZERO_SHOT: (sub[sub["direction"] == d], ":", "C7")}  # zero-shot: scored once per direction
-            for method, (rows, style, color) in refs.items():
-                v = rows.loc[rows["method"] == method, "accuracy"]
-                if len(v):
-                    ax.axhline(float(v.iloc[0]), ls=style, lw=1, color=color, label=method)
-            ax.set_title(f"{d} · {k}", fontsize=9)
-            ax.set_xlabel("λ (weight of cls(source); λ = 1 is the source classifier)", fontsize=7)
-            if j == 0:
-                ax.set_ylabel("target accuracy")
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(title or f"Domain transfer by analogy ({backbone})")
-    fig.tight_layout()
-    return fig
+    panel = sub["direction"] + " · " + sub["kind"]
+    curve = sub[sub["method"] == "analogy"].assign(panel=panel, curve="analogy θ(λ)")
+    curve = curve.sort_values("kind", key=lambda c: c.map(kinds.index), kind="stable")
+    in_range = curve[curve["lam"] >= PAPER_GRID[0] - 1e-9]
+    zoom = in_range["lam"].nunique() >= 2
+    ceiling = sub[sub["method"] == "target cls (ceiling)"].assign(panel=panel)
+    refs = [{"panel": r["panel"], "label": "target cls (ceiling)", "value": r["accuracy"]}
+            for _, r in ceiling.iterrows()]
+    for d, g in sub[sub["method"] == ZERO_SHOT].groupby("direction", sort=False):  # scored once per direction
+        refs += [{"panel": f"{d} · {k}", "label": ZERO_SHOT, "value": float(g["accuracy"].iloc[0])} for k in kinds]
+    return plots.sweep(in_range if zoom else curve, "accuracy", hue="curve", col="panel", refs=pd.DataFrame(refs),
+                       ncols=len(kinds), ylabel="target accuracy", xlim=(0.83, 1.005) if zoom else None,
+                       xlabel="λ (weight of cls(source); 1 = the source classifier)",
+                       title=title or f"Domain transfer by analogy ({backbone})")
 

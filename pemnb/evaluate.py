@@ -112,7 +112,7 @@ def score_choices(model, tokenizer, prompts: Sequence[str], choices: Sequence[st
     Note: constrained beam search (:func:`constrained_generate`) ranks answer *and* the EOS that closes
     it, so an untrained model can pick differently; ``pemnb.multitask.answer_eos_scores`` scores that.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     model.eval()
     device = next(model.parameters()).device
@@ -171,7 +171,7 @@ def constrained_generate(model, tokenizer, prompts: Sequence[str], choices: Sequ
     Parity with the paper's constrained decoding. transformers 5 moved ``force_words_ids`` to a hub
     repository, so the restriction is a ``prefix_allowed_tokens_fn`` over a trie of the answers.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     model.eval()
     device = next(model.parameters()).device
@@ -210,7 +210,7 @@ def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int 
                max_tokens: int | None = None, progress: bool = False) -> float:
     """Perplexity of `text` with a sliding window (HF's recipe): windows of `max_length` tokens moved by
     `stride`, each token scored once with up to max_length − stride tokens of context."""
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     if stride <= 0 or stride > max_length:
         raise ValueError(f"need 0 < stride <= max_length, got stride={stride}, max_length={max_length}")
@@ -243,7 +243,7 @@ def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int 
 def sample(model, tokenizer, prompt: str, n: int, *, top_k: int = 50, temperature: float = 1.0,
            max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16, progress: bool = True) -> list[str]:
     """`n` sampled continuations of `prompt` (prompt included), top-k / temperature sampling, seeded."""
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     model.eval()
     device = next(model.parameters()).device

@@ -13,6 +13,7 @@ generation with the Alpaca template; toxicity, helpfulness and pairwise evaluati
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -24,7 +25,7 @@ import pandas as pd
 import torch
 
 from . import arithmetic
-from .backbones import load_backbone
+from .backbones import frozen_dtype, load_backbone
 from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .generative import DecoderBench, prompt_answer_examples
 from .judge import LocalChat, generate_texts, write_fewshot_instructions, write_seed_instructions
@@ -368,7 +369,11 @@ class InstructBench(DecoderBench):
         self.results = Cache(self.cache.root, namespace="instruct",
                              code_modules=TRAINING_CODE + ("pemnb.instruct", "pemnb.judge", "pemnb.evaluate"))
         self.encoder_decoder = False
-        model, self.tokenizer = load_backbone(self.backbone, "causal_lm", seed=profile.seed, device=profile.device)
+        if self.cfg.get("micro_batch"):  # passes of this many examples accumulate to one batch
+            self.profile = dataclasses.replace(profile, micro_batch=int(self.cfg["micro_batch"]))
+        self.dtype = frozen_dtype(self.backbone, "lora", profile.dtype)
+        model, self.tokenizer = load_backbone(self.backbone, "causal_lm", seed=profile.seed, device=profile.device,
+                                              dtype=self.dtype)
         self.r, self.alpha = self.cfg["lora_r"], self.cfg["lora_alpha"]
         self.model = attach(model, "lora", r=self.r, alpha=self.alpha, dropout=self.cfg["dropout"],
                             init_seed=profile.seed, target_modules=self.cfg["targets"])
@@ -604,4 +609,6 @@ def plot_pipeline(writer: str = "GPT-4 seeds → ChatGPT few-shot", judge: str =
     ax.text(0.2, 5.05, "training", fontsize=10, weight="bold")
     ax.text(0.2, 1.75, "testing (never mixed with training data)", fontsize=10, weight="bold")
     fig.tight_layout()
-    return fig
+    from . import plots
+
+    return plots.show(fig)

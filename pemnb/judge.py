@@ -174,7 +174,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, batch_size: int 
     the result does not depend on which other prompts share the run. `add_special_tokens`: let the
     tokenizer add BOS (as LLaMA's Alpaca-LoRA was trained); pemnb's training examples carry none.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     from .evaluate import length_buckets
 
@@ -258,7 +258,7 @@ class OpenAIChat:
         raise AssertionError("unreachable")
 
     def chat(self, conversations: Sequence[Conversation], max_new_tokens: int = 64) -> list[str]:
-        from tqdm.auto import tqdm
+        from .progress import tqdm
 
         return [self.complete(c, max_new_tokens) for c in tqdm(conversations, desc=self.name, disable=not self.progress)]
 

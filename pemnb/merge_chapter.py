@@ -472,36 +472,27 @@ def accuracy_figure(sweep: pd.DataFrame, ncols: int = 4):
 
 def error_figure(errors: pd.DataFrame, ncols: int = 4):
     """Relative ΔW error against λ, one panel per scenario, one line per method (log scale)."""
-    import matplotlib.pyplot as plt
-
     from . import plots
 
     df = errors.assign(method=errors["method"].map(lambda m: NAMES.get(m, m)),
                        error=errors["error"].clip(lower=1e-8))
-    fig = plots.sweep(df, "error", hue="method", col="scenario", ncols=ncols,
-                      ylabel="‖ΔW − exact‖ / ‖exact‖", title="how far each method's ΔW is from λΔW₁ + (1−λ)ΔW₂")
-    for ax in fig.axes:
-        ax.set_yscale("log")
-    return fig
+    return plots.sweep(df, "error", hue="method", col="scenario", ncols=ncols, logy=True,
+                       ylabel="‖ΔW − exact‖ / ‖exact‖", title="how far each method's ΔW is from λΔW₁ + (1−λ)ΔW₂")
 
 
 def cost_figure(table: pd.DataFrame):
     """Compose and apply time per method (ms, log scale) beside its size (MiB)."""
-    import matplotlib.pyplot as plt
+    from . import plots
 
     names = [NAMES.get(m, m) for m in table.index]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
-    x = np.arange(len(table))
-    a.bar(x - 0.2, table["compose_ms"], 0.4, label="compose")
-    a.bar(x + 0.2, table["apply_ms"].fillna(0), 0.4, label="apply + remove")
-    a.set_yscale("log")
-    a.set_ylabel("ms per λ point (median)")
-    b.bar(x, table["size_mib"], color=["C2" if f else "C3" for f in table["fits_live_adapter"]])
-    b.set_ylabel("composed module (MiB)")
-    b.set_title("green: fits the live rank-r adapter", fontsize=9)
-    for ax in (a, b):
-        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
-    a.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    fits = ["fits the live rank-r adapter" if f else "needs a larger adapter" for f in table["fits_live_adapter"]]
+    long = pd.concat([
+        pd.DataFrame({"method": names, "measure": "compose", "value": table["compose_ms"].to_numpy(),
+                      "panel": "ms per λ point (median)"}),
+        pd.DataFrame({"method": names, "measure": "apply + remove", "value": table["apply_ms"].fillna(0).to_numpy(),
+                      "panel": "ms per λ point (median)"}),
+        pd.DataFrame({"method": names, "measure": fits, "value": table["size_mib"].to_numpy(),
+                      "panel": "composed module (MiB)"}),
+    ])
+    return plots.bars(long, "value", x="method", hue="measure", col="panel", sharey=False, logy=True, rotate=30,
+                      ylabel="")

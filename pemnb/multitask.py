@@ -362,7 +362,7 @@ def merge_sweep(evaluate: Callable[[Mapping[str, torch.Tensor]], Mapping[str, fl
                 kind: str, grid: Sequence[float], progress: bool = True) -> list[dict]:
     """Long rows {kind, lam, task, accuracy} of θ = λθ_MNLI + (1−λ)θ_RTE on every task (λ = 1: the MNLI
     module alone, λ = 0: the RTE module alone)."""
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     rows = []
     for lam in tqdm(list(grid), desc=f"{kind} λ sweep", disable=not progress):

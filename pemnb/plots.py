@@ -1,79 +1,175 @@
-"""Figures: one function per kind of figure, DataFrame in, matplotlib Figure out."""
+"""Figures: one function per kind of figure, long-form DataFrame in, matplotlib Figure out, drawn with
+seaborn in the book's one theme (`THEME`).
+
+Every figure function ends in `show`, which puts the figure on the page itself when it runs in a
+notebook kernel (as a PNG, whatever the matplotlib backend: an inherited ``MPLBACKEND=Agg`` once left the
+whole book without figures) and closes it so it is never drawn twice. Outside a kernel `show` only
+returns the figure, for tests and scripts.
+"""
 from __future__ import annotations
 
+import io
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
+from matplotlib.lines import Line2D
+
+# The book's theme, set once here: every figure of every chapter goes through this module.
+THEME = dict(style="whitegrid", context="notebook", palette="colorblind", font_scale=0.85,
+             rc={"figure.dpi": 100, "savefig.dpi": 110, "legend.frameon": False})
+PANEL_HEIGHT = 2.5   # inches; with `ASPECT` four panels fill the page's width at a readable size
+ASPECT = 1.3
+sns.set_theme(**THEME)
+
+
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel (a live notebook or a book build), False in scripts and tests."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def show(fig):
+    """Put `fig` on the page (inside a kernel) and close it there; return it either way."""
+    if in_kernel():
+        from IPython.display import Image, display
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight")
+        display(Image(buf.getvalue()))
+        plt.close(fig)
+    return fig
+
+
+def palette(levels: Sequence) -> dict:
+    """The theme's colour for each level, in order (so lines and their reference lines match)."""
+    return dict(zip(levels, sns.color_palette(n_colors=max(len(levels), 1))))
+
+
+def _levels(df: pd.DataFrame, column: str | None) -> list:
+    return list(dict.fromkeys(df[column])) if column else []
 
 
 def sweep(df: pd.DataFrame, y: str, *, x: str = "lam", hue: str | None = None, col: str | None = None,
-          refs: Mapping[str, float] | None = None, ylabel: str | None = None, title: str | None = None,
-          ncols: int = 4, xlabel: str = "λ"):
-    """Line plot of `y` against λ, one line per `hue`, one panel per `col`; `refs` draws labelled
-    horizontal reference lines (e.g. the single modules) in every panel."""
+          refs: Mapping[str, float] | pd.DataFrame | None = None, band: tuple[str, str] | None = None,
+          ylabel: str | None = None, title: str | None = None, ncols: int = 4, xlabel: str = "λ",
+          logy: bool | Sequence[str] = False, xlim: tuple[float, float] | None = None, sharey: bool = True,
+          marks: pd.DataFrame | None = None):
+    """`y` against λ: one line per `hue`, one panel per `col` (wrapped after `ncols`).
+
+    `refs` draws dashed horizontal reference lines: a mapping label → value (the same lines in every
+    panel), or a DataFrame with columns `label`, `value` and optionally `col` / `hue` columns (a line per
+    panel, in its hue's colour). `band` = (low, high) columns shades an interval around each line (e.g. a
+    bootstrap confidence interval). `marks` (rows of x, y and optionally col / hue) are starred points,
+    e.g. a selected λ. `logy` puts every panel (True) or the named panels on a log axis.
+    """
     if df.empty:
         raise ValueError("nothing to plot: the DataFrame is empty")
-    panels = list(dict.fromkeys(df[col])) if col else [None]
-    n = len(panels)
-    cols = min(ncols, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels):
+    for c in [x, y, hue, col, *(band or ())]:
+        if c is not None and c not in df.columns:
+            raise ValueError(f"column {c!r} not in the DataFrame (columns: {list(df.columns)})")
+    hues, panels = _levels(df, hue), _levels(df, col)
+    colours = palette(hues)
+    g = sns.relplot(data=df, x=x, y=y, hue=hue, hue_order=hues or None, palette=colours if hue else None,
+                    col=col, col_order=panels or None, col_wrap=min(ncols, len(panels)) if col else None,
+                    kind="line", marker="o", markersize=4, errorbar=None, legend=False,
+                    height=PANEL_HEIGHT, aspect=ASPECT, facet_kws={"sharey": sharey, "sharex": True})
+    axes = g.axes_dict if col else {None: g.ax}
+    handles = {str(h): Line2D([], [], color=colours[h], marker="o", markersize=4) for h in hues}
+    ref_rows = _ref_rows(refs)
+    grey = sns.color_palette("Greys", 4)
+    for panel, ax in axes.items():
         sub = df if panel is None else df[df[col] == panel]
-        groups = sub.groupby(hue, sort=False) if hue else [(None, sub)]
-        for name, g in groups:
-            g = g.sort_values(x)
-            ax.plot(g[x], g[y], marker="o", ms=3, label=name)
-        for i, (label, value) in enumerate((refs or {}).items()):
-            ax.axhline(value, ls="--", lw=1, color=f"C{i + 5}", label=label)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel or y)
-        if panel is not None:
-            ax.set_title(str(panel))
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[n:]:
-        ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+        if band is not None:
+            for h, gg in (sub.groupby(hue, sort=False) if hue else [(None, sub)]):
+                gg = gg.sort_values(x)
+                ax.fill_between(gg[x], gg[band[0]], gg[band[1]], alpha=0.18, lw=0,
+                                color=colours[h] if hue else None)
+        for i, r in enumerate(ref_rows):
+            if col and col in r and pd.notna(r[col]) and r[col] != panel:
+                continue
+            h = r.get(hue) if hue else None
+            colour = colours[h] if h in colours else grey[(i % 3) + 1]
+            ax.axhline(r["value"], ls="--", lw=1.1, color=colour)
+            handles.setdefault(str(r["label"]), Line2D([], [], color=colour, ls="--", lw=1.1))
+        if marks is not None:
+            m = marks if panel is None or col not in marks else marks[marks[col] == panel]
+            for _, r in m.iterrows():
+                colour = colours.get(r[hue]) if hue and hue in r else "k"
+                ax.plot([r[x]], [r[y]], marker="*", ms=13, ls="", color=colour, mec="k", mew=0.5)
+        if logy is True or (not isinstance(logy, bool) and panel in logy):
+            ax.set_yscale("log")
+        if xlim is not None:
+            ax.set_xlim(*xlim)
+    g.set_axis_labels(xlabel, ylabel or y)
+    if col:
+        g.set_titles("{col_name}")
     if handles:
-        axes.flat[0].legend(fontsize=8)
+        g.add_legend(legend_data=handles, title=hue or "")
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+        g.figure.suptitle(title, y=1.02)
+    return show(g.figure)
 
 
-def bars(df: pd.DataFrame, y: str, *, x: str, hue: str | None = None, ylabel: str | None = None,
-         title: str | None = None, chance: float | None = None):
-    """Grouped bar chart of `y` by `x` (and `hue`), with an optional chance line."""
+def _ref_rows(refs) -> list[dict]:
+    if refs is None:
+        return []
+    if isinstance(refs, pd.DataFrame):
+        missing = {"label", "value"} - set(refs.columns)
+        if missing:
+            raise ValueError(f"refs needs columns 'label' and 'value' (missing {sorted(missing)})")
+        return refs.to_dict("records")
+    return [{"label": k, "value": float(v)} for k, v in refs.items()]
+
+
+def bars(df: pd.DataFrame, y: str, *, x: str, hue: str | None = None, col: str | None = None,
+         ylabel: str | None = None, title: str | None = None, chance: float | None = None,
+         rotate: float = 0, logy: bool = False, sharey: bool = True, labels: str | None = None):
+    """Grouped bars of `y` by `x` (and `hue`; one panel per `col`), with an optional chance line.
+    `labels` is a format (e.g. ``"{:.0%}"``) for the value printed on each bar."""
     if df.empty:
         raise ValueError("nothing to plot: the DataFrame is empty")
-    table = df.pivot_table(index=x, columns=hue, values=y, sort=False) if hue else df.set_index(x)[[y]]
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(table), 3.4))
-    table.plot.bar(ax=ax, rot=0)
-    if chance is not None:
-        ax.axhline(chance, ls=":", color="k", lw=1, label="chance")
-        ax.legend(fontsize=8)
-    ax.set_ylabel(ylabel or y)
-    ax.set_xlabel("")
+    xs, hues, panels = _levels(df, x), _levels(df, hue), _levels(df, col)
+    g = sns.catplot(data=df, x=x, y=y, hue=hue, order=xs, hue_order=hues or None, col=col,
+                    col_order=panels or None, kind="bar", errorbar=None, legend=bool(hue),
+                    height=3.0, aspect=max(1.2, 0.32 * len(xs) * max(len(hues), 1) ** 0.5),
+                    sharey=sharey)
+    for ax in g.axes.flat:
+        if chance is not None:
+            ax.axhline(chance, ls=":", color="k", lw=1)
+            ax.text(1.0, chance, " chance", transform=ax.get_yaxis_transform(), va="center", fontsize=8)
+        if labels is not None:
+            for container in ax.containers:
+                ax.bar_label(container, labels=[labels.format(v) for v in container.datavalues], fontsize=7,
+                             padding=1)
+        if logy:
+            ax.set_yscale("log")
+        if rotate:
+            ax.tick_params(axis="x", labelrotation=rotate)
+            for t in ax.get_xticklabels():
+                t.set_horizontalalignment("right")
+    g.set_axis_labels("", ylabel or y)
+    if col:
+        g.set_titles("{col_name}")
     if title:
-        ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
+        g.figure.suptitle(title, y=1.03)
+    return show(g.figure)
 
 
-def heatmap(matrix, labels: Sequence[str], *, title: str | None = None, fmt: str = "{:.2f}"):
+def heatmap(matrix, labels: Sequence[str], *, title: str | None = None, fmt: str = ".2f",
+            cbar_label: str | None = None):
     """A small annotated heatmap (e.g. a matrix of relative errors)."""
-    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(labels), 0.8 + 0.7 * len(labels)))
-    im = ax.imshow(matrix, cmap="viridis")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(j, i, fmt.format(matrix[i][j]), ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(im, ax=ax)
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.8 * n, 1.0 + 0.7 * n))
+    sns.heatmap(pd.DataFrame(matrix, index=labels, columns=labels), annot=True, fmt=fmt, cmap="viridis",
+                square=True, ax=ax, cbar_kws={"label": cbar_label} if cbar_label else None)
+    ax.tick_params(axis="x", labelrotation=45)
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return fig
+    return show(fig)

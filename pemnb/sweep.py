@@ -157,7 +157,7 @@ def sweep(model, compose: Callable[[float], Composed], grid: Iterable[float],
     timings: add ``compose_s`` (time to compose) and ``eval_s`` (write + evaluate) to each row.
     writer: a :class:`StateWriter` of `model`, built once and reused across sweeps (default: a new one).
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     grid = [float(lam) for lam in grid]
     if not grid:

@@ -4,11 +4,33 @@ from __future__ import annotations
 import platform
 from typing import Any, Mapping, Sequence
 
+import math
+
 import pandas as pd
 
 from . import __version__
 from .backbones import get_backbone
 from .profiles import Profile
+
+
+def readable(x: float) -> str:
+    """A number as a page shows it: 3 significant digits, one decimal from 100 up, and scientific
+    notation only where a fixed width would hide the value (e.g. 0.092, 25.7, 1545.3, 2.20e+13)."""
+    if not math.isfinite(x):
+        return str(x)
+    ax = abs(x)
+    if ax == 0:
+        return "0"
+    if ax >= 1e5 or ax < 1e-3:
+        return f"{x:.2e}"
+    return f"{x:.1f}" if ax >= 100 else f"{x:.3g}"
+
+
+# The book's table style, set once here (every chapter imports this module): whole cells, never cut
+# at pandas' 50 characters, and numbers written for reading rather than as raw floats.
+pd.set_option("display.max_colwidth", None)
+pd.set_option("display.float_format", readable)
+pd.set_option("styler.format.precision", 3)
 
 
 def provenance(profile: Profile, **extra: Any) -> pd.DataFrame:

@@ -4,6 +4,7 @@ Built on accelerate, so ``accelerate launch`` runs the same loop on several GPUs
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -58,6 +59,61 @@ def batch_order(n_examples: int, steps: int, batch_size: int, seed: int) -> list
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
 
 
+def loss_units(example: dict, encoder_decoder: bool = False) -> int:
+    """How many terms an example adds to the loss a transformers model averages over: 1 for a
+    sequence label (classification, regression), its scored target tokens for an encoder-decoder,
+    and for a decoder its scored tokens after the first (labels are shifted by one)."""
+    labels = example["labels"]
+    if not isinstance(labels, (list, tuple)):
+        return 1
+    scored = labels if encoder_decoder else labels[1:]
+    return sum(1 for t in scored if t != -100)
+
+
+def accumulation_steps(batch_size: int, micro_batch_size: int | None, processes: int = 1) -> int:
+    """Forward/backward passes per optimisation step on each process."""
+    share = math.ceil(batch_size / processes)
+    return 1 if not micro_batch_size else math.ceil(share / micro_batch_size)
+
+
+def accumulate_gradients(model, examples: Sequence[dict], batch: Sequence[int], *, collate, device,
+                         micro_batch_size: int | None = None, encoder_decoder: bool = False,
+                         accelerator=None) -> float:
+    """Backpropagate one global batch (indices into `examples`) in passes of ≤ `micro_batch_size` rows;
+    returns the mean loss over this process's share. Gradients accumulate in `.grad`.
+
+    Pass p's mean loss is weighted by units_p · processes / units_batch (:func:`loss_units`), so the
+    summed gradient is the gradient of the whole batch's mean loss. Every process knows the whole
+    batch (its order is fixed by the seed), so none needs to communicate the unit count; DDP's mean
+    over processes supplies the 1 / processes.
+    """
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    total = sum(loss_units(examples[i], encoder_decoder) for i in batch)
+    mine = list(batch)[rank::world]  # each process takes its share of the global batch
+    size = micro_batch_size or len(mine)
+    passes = [mine[i:i + size] for i in range(0, len(mine), size)]
+    loss_sum, units_seen = 0.0, 0
+    for n, part in enumerate(passes):
+        units = sum(loss_units(examples[i], encoder_decoder) for i in part)
+        if units == 0 and world == 1:  # nothing scored in this pass (the model's mean would be 0/0)
+            continue
+        inputs = {k: v.to(device) for k, v in collate([examples[i] for i in part]).items()}
+        # Only the last pass synchronises gradients across processes (DDP all-reduces on backward).
+        last = n == len(passes) - 1
+        quiet = accelerator.no_sync(model) if (accelerator is not None and not last) else contextlib.nullcontext()
+        with quiet:
+            mean = model(**inputs).loss
+            scaled = mean * (units * world / total) if units else mean * 0.0
+            if accelerator is not None:
+                accelerator.backward(scaled)
+            else:
+                scaled.backward()
+        if units:
+            loss_sum += float(mean.detach()) * units
+            units_seen += units
+    return loss_sum / units_seen if units_seen else float("nan")
+
+
 @dataclass
 class TrainResult:
     """What a training run did."""
@@ -102,16 +158,22 @@ def train_module(model, examples: Sequence[dict], *, steps: int, lr: float, batc
                  pad_token_id: int, weight_decay: float = 0.0, warmup_ratio: float = 0.06,
                  checkpoint_dir: str | Path | None = None, checkpoint_every: int = 100,
                  desc: str = "train", progress: bool = True,
-                 stop_after: int | None = None) -> TrainResult:
+                 stop_after: int | None = None, micro_batch_size: int | None = None) -> TrainResult:
     """Train the module attached to `model` (see modules.attach) on tokenised `examples`, in place.
 
     Every example is a dict of lists/scalars the model's forward takes (labels included); batches are
     padded per batch. With `checkpoint_dir`, progress is saved every `checkpoint_every` steps and a
     re-run continues from the last checkpoint. `stop_after` interrupts after that many steps (used to
     test resumption).
+
+    `batch_size` is the global batch of one optimisation step. It is shared out among the processes of
+    an ``accelerate launch`` and cut into passes of at most `micro_batch_size` examples whose gradients
+    accumulate; each pass's loss is weighted by its share of the batch's scored units (see
+    :func:`loss_units`), so the gradient is the one-pass gradient of the whole batch whatever the
+    number of processes and passes (to float rounding).
     """
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
+    from .progress import tqdm
     from transformers import get_linear_schedule_with_warmup
 
     if steps <= 0:
@@ -135,21 +197,25 @@ def train_module(model, examples: Sequence[dict], *, steps: int, lr: float, batc
         start, losses = _load_checkpoint(ckpt, model, optimizer, scheduler)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     collate = pad_collate(pad_token_id)
-    order = batch_order(len(examples), steps, batch_size * accelerator.num_processes, seed)
+    if batch_size < accelerator.num_processes:
+        raise ValueError(f"batch_size {batch_size} is smaller than the {accelerator.num_processes} processes "
+                         "sharing it")
+    if micro_batch_size is not None and micro_batch_size <= 0:
+        raise ValueError(f"micro_batch_size must be positive, got {micro_batch_size}")
+    order = batch_order(len(examples), steps, batch_size, seed)
+    encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
     t0 = time.perf_counter()
     wrapped.train()
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress or not accelerator.is_main_process,
                dynamic_ncols=True)
-    rank, world = accelerator.process_index, accelerator.num_processes
     for step in range(start, steps):
-        idx = order[step][rank::world]  # each process takes its share of the global batch
-        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx]).items()}
-        loss = wrapped(**batch).loss
-        accelerator.backward(loss)
+        loss = accumulate_gradients(wrapped, examples, order[step], collate=collate, device=device,
+                                    micro_batch_size=micro_batch_size, encoder_decoder=encoder_decoder,
+                                    accelerator=accelerator)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        losses.append(loss)
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         done = step + 1

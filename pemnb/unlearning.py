@@ -130,7 +130,7 @@ def continuations(model, tokenizer, prompt: str, n: int, *, top_k: int = 50, tem
     Top-k / temperature sampling, in batches; batch b is seeded with seed + b, so the samples do not
     depend on what ran before.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
@@ -343,32 +343,26 @@ def scorer_check(scorer, toxic_texts: Sequence[str], clean_texts: Sequence[str])
 # ------------------------------------------------------------------------------------ figure
 def sweep_figure(sweep: pd.DataFrame, base: Mapping[str, Any], scorer: str, tolerance: float = PPL_TOLERANCE,
                  chosen: Mapping[str, float] | None = None):
-    """Two panels against λ: toxicity of the negated modules and their perplexity, with the base model
-    and the λ-rule's band (base PPL + tolerance); `chosen` marks each module's selected λ."""
-    import matplotlib.pyplot as plt
+    """The paper's Table 11 as curves: toxicity of the negated modules and their perplexity against λ,
+    with the base model's levels and the λ rule's bound (base PPL + tolerance); `chosen` stars each
+    module's selected λ. Perplexity goes to a log axis when a broken model would flatten the rest."""
+    from . import plots
 
     if sweep.empty:
         raise ValueError("nothing to plot: the sweep is empty")
-    fig, (ax_t, ax_p) = plt.subplots(1, 2, figsize=(9.5, 3.4))
-    for i, (name, g) in enumerate(sweep.groupby("module", sort=False)):
-        g = g.sort_values("lam")
-        ax_t.plot(g["lam"], g["toxicity"], marker="o", ms=3, color=f"C{i}", label=name)
-        ax_p.plot(g["lam"], g["PPL"], marker="o", ms=3, color=f"C{i}", label=name)
-        if chosen and name in chosen:
-            sel = g[np.isclose(g["lam"], chosen[name])]
-            ax_p.plot(sel["lam"], sel["PPL"], marker="*", ms=12, color=f"C{i}", ls="")
-    ax_t.axhline(base["toxicity"], ls="--", color="k", lw=1, label="base model")
-    ax_p.axhline(base["ppl"], ls="--", color="k", lw=1, label="base model")
-    ax_p.axhspan(base["ppl"], base["ppl"] + tolerance, color="0.85", label=f"base + {tolerance:g}")
-    if sweep["PPL"].max() > 10 * max(base["ppl"], 1e-9):  # a broken model would flatten every other curve
-        ax_p.set_yscale("log")
-    ax_t.set_ylabel(f"mean toxicity [{scorer}]")
-    ax_p.set_ylabel("WikiText perplexity")
-    for ax, title in ((ax_t, "toxicity of negated modules"), (ax_p, "fluency (★ = selected λ)")):
-        ax.set_xlabel("negation scale λ")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    ax_t.legend(fontsize=8)
-    ax_p.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    tox, ppl = f"mean toxicity [{scorer}]", "WikiText perplexity (★ = selected λ)"
+    long = pd.concat([sweep.assign(panel=tox, value=sweep["toxicity"]), sweep.assign(panel=ppl, value=sweep["PPL"])])
+    refs = pd.DataFrame([{"panel": tox, "label": "base model", "value": base["toxicity"]},
+                         {"panel": ppl, "label": "base model", "value": base["ppl"]},
+                         {"panel": ppl, "label": f"base + {tolerance:g} (λ rule's bound)",
+                          "value": base["ppl"] + tolerance}])
+    marks = None
+    if chosen:
+        picked = [g[np.isclose(g["lam"], chosen[name])] for name, g in sweep.groupby("module", sort=False)
+                  if name in chosen]
+        if picked:
+            sel = pd.concat(picked)
+            marks = sel.assign(panel=ppl, value=sel["PPL"])
+    broken = sweep["PPL"].max() > 10 * max(base["ppl"], 1e-9)
+    return plots.sweep(long, "value", hue="module", col="panel", refs=refs, marks=marks, ncols=2, sharey=False,
+                       ylabel="", xlabel="negation scale λ", logy=[ppl] if broken else False)

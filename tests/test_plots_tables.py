@@ -25,9 +25,38 @@ def test_sweep_draws_one_line_per_hue_and_one_panel_per_col():
 def test_bars_and_heatmap():
     df = pd.DataFrame({"module": ["a", "a", "b", "b"], "kind": ["lora", "ia3"] * 2, "accuracy": [.9, .8, .4, .3]})
     fig = plots.bars(df, "accuracy", x="module", hue="kind", chance=0.5)
-    assert len(fig.axes[0].patches) == 4
+    assert sorted(round(v, 2) for c in fig.axes[0].containers for v in c.datavalues) == [.3, .4, .8, .9]
     fig = plots.heatmap([[0, 1], [1, 0]], ["x", "y"])
     assert fig.axes[0].get_xticklabels()[1].get_text() == "y"
+
+
+def test_per_panel_references_follow_their_panel_and_hue_colour():
+    df = sweep_df()
+    refs = pd.DataFrame([{"task": "rte", "kind": "lora", "label": "lora fullset", "value": 0.7},
+                         {"task": "cola", "kind": "ia3", "label": "ia3 fullset", "value": 0.6}])
+    fig = plots.sweep(df, "accuracy", hue="kind", col="task", refs=refs, logy=["cola"], sharey=False,
+                      marks=pd.DataFrame([{"lam": 0.5, "accuracy": 0.55, "task": "sst2", "kind": "ia3"}]))
+    rte, sst2, cola = fig.axes[:3]
+    dashed = lambda ax: [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert [ln.get_ydata()[0] for ln in dashed(rte)] == [0.7] and not dashed(sst2)
+    lora_line = next(ln for ln in rte.lines if ln.get_linestyle() == "-")
+    assert dashed(rte)[0].get_color() == lora_line.get_color()  # the fullset line wears its kind's colour
+    assert cola.get_yscale() == "log" and rte.get_yscale() == "linear"
+    assert any(ln.get_marker() == "*" for ln in sst2.lines)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["lora", "ia3", "lora fullset", "ia3 fullset"]
+
+
+def test_bad_columns_and_refs_are_named():
+    with pytest.raises(ValueError, match="'acc'"):
+        plots.sweep(sweep_df(), "acc", hue="kind")
+    with pytest.raises(ValueError, match="label"):
+        plots.sweep(sweep_df(), "accuracy", refs=pd.DataFrame({"value": [1.0]}))
+
+
+def test_show_returns_the_figure_outside_a_kernel():
+    fig = plots.heatmap([[0, 1], [1, 0]], ["x", "y"])
+    assert not plots.in_kernel() and plots.show(fig) is fig
 
 
 def test_empty_input_is_an_error():
@@ -53,3 +82,11 @@ def test_provenance_and_reported_tables_say_where_numbers_come_from():
     assert prov.loc["seed", "value"] == 0 and "train rows" in prov.index
     rep = tables.reported([["GPT-2", 0.10, 5.8, 16.44]], ["method", "toxicity", "toxic %", "PPL"], "Table 11")
     assert rep.columns[0][0] == "reported in the paper (Table 11)"
+
+
+def test_numbers_are_written_for_reading_and_cells_are_never_cut():
+    assert [tables.readable(v) for v in (0.092, 12.5, 25.7214, 1545.31, 2.2e13, 0.0, -0.4567, 78.04)] == \
+        ["0.092", "12.5", "25.7", "1545.3", "2.20e+13", "0", "-0.457", "78"]
+    long = "x" * 120
+    html = pd.DataFrame({"value": [long, 0.092000]}).to_html()
+    assert long in html and "0.092</td>" in html and "0.092000" not in html
