@@ -10,7 +10,7 @@ PROFILE := $(or $(PEMNB_PROFILE),small)
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
 JB_ARGS := --toc book/_toc.yml --config _config.yml
 
-.PHONY: venv test unit notebooks book benchmark clean
+.PHONY: venv test unit notebooks book chapter benchmark clean
 
 $(STAMP): requirements.txt pyproject.toml
 	# (re)create the environment when it is missing or half-made (e.g. an interrupted first run)
@@ -34,14 +34,29 @@ unit: venv
 # A fresh build folder, so jupyter-cache cannot hand back an old execution: every cell runs.
 notebooks: venv
 	rm -rf _build/smoke
-	PEMNB_PROFILE=smoke HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PEMNB_CACHE_DIR=$(CURDIR)/.cache/pemnb-test \
+	PEMNB_PROFILE=smoke PEMNB_PROGRESS=0 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+	  PEMNB_CACHE_DIR=$(CURDIR)/.cache/pemnb-test \
 	  $(BIN)/jupyter-book build . $(JB_ARGS) --path-output _build/smoke -W --keep-going
+	# Read the built pages as a reader would: every figure there, math served locally, no build noise.
+	PEMNB_BUILT_BOOK=_build/smoke/_build/html $(BIN)/python -m pytest -q tests/check_book.py
 
 test: unit notebooks
 
 book: venv
-	PEMNB_PROFILE=$(PROFILE) $(BIN)/jupyter-book build . $(JB_ARGS) --path-output _build/$(PROFILE)
+	PEMNB_PROFILE=$(PROFILE) PEMNB_PROGRESS=0 $(BIN)/jupyter-book build . $(JB_ARGS) --path-output _build/$(PROFILE)
 	@echo "book: _build/$(PROFILE)/_build/html/index.html"
+
+# One chapter: the introduction, chapter $(CH) and the glossary and references its links point to, from a
+# generated table of contents:  make chapter CH=03 PEMNB_PROFILE=small  -> _build/<profile>-ch<CH>/_build/html
+CHAPTER_DIR := _build/$(PROFILE)-ch$(CH)
+chapter: venv
+	@nb=$$(ls notebooks/$(CH)_*.ipynb 2>/dev/null | head -n 1 || true); \
+	if [ -z "$(CH)" ] || [ -z "$$nb" ]; then \
+	  echo "usage: make chapter CH=NN [PEMNB_PROFILE=smoke|small|paper], NN one of: $$(ls notebooks/*.ipynb | xargs -n1 basename | cut -c1-2 | tr '\n' ' ')" >&2; exit 2; fi; \
+	mkdir -p $(CHAPTER_DIR); \
+	printf 'format: jb-book\nroot: book/intro\nchapters:\n  - file: %s\n  - file: book/glossary\n  - file: book/references\n' "$${nb%.ipynb}" > $(CHAPTER_DIR)/_toc.yml; \
+	PEMNB_PROFILE=$(PROFILE) PEMNB_PROGRESS=0 $(BIN)/jupyter-book build . --toc $(CHAPTER_DIR)/_toc.yml --config _config.yml --path-output $(CHAPTER_DIR)
+	@echo "chapter: $(CHAPTER_DIR)/_build/html/index.html"
 
 benchmark: venv
 	$(BIN)/python -m benchmarks.run
