@@ -55,30 +55,52 @@ class Method:
     fn: Callable
     returns: str       # "lora" (a module state) or "delta" (a DenseDelta)
     reference: str
+    # prepare(states, **kwargs) -> (weights -> result): the weight-independent work done once (see
+    # :func:`prepare`); None when the method has none worth keeping.
+    prepare: Callable | None = None
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, returns: str, reference: str):
-    """Decorator: add a composition function to :data:`METHODS` under `name`."""
+def register(name: str, returns: str, reference: str, prepare: Callable | None = None):
+    """Decorator: add a composition function to :data:`METHODS` under `name` (with its `prepare` hook,
+    a function of the states and keyword arguments returning the function of the weights)."""
     if returns not in ("lora", "delta"):
         raise ValueError(f"returns must be 'lora' or 'delta', got {returns!r}")
 
     def deco(fn):
         if name in METHODS:
             raise ValueError(f"a method named {name!r} is already registered")
-        METHODS[name] = Method(name, fn, returns, reference)
+        METHODS[name] = Method(name, fn, returns, reference, prepare)
         return fn
 
     return deco
 
 
-def compose(method: str, states: Sequence[State], weights: Sequence[float], **kwargs):
-    """Compose `states` with `weights` by the registered `method` (see the table in the module doc)."""
+def _method(method: str) -> Method:
     if method not in METHODS:
         raise ValueError(f"unknown composition method {method!r}; known: {sorted(METHODS)}")
-    return METHODS[method].fn(states, weights, **kwargs)
+    return METHODS[method]
+
+
+def compose(method: str, states: Sequence[State], weights: Sequence[float], **kwargs):
+    """Compose `states` with `weights` by the registered `method` (see the table in the module doc)."""
+    return _method(method).fn(states, weights, **kwargs)
+
+
+def prepare(method: str, states: Sequence[State], **kwargs) -> Callable[[Sequence[float]], object]:
+    """``f(weights)`` equal to ``compose(method, states, weights, **kwargs)`` (bit for bit), for a sweep
+    over many weight vectors: what does not depend on the weights — the checks, the dense ΔWᵢ = s·BᵢAᵢ,
+    TIES' top-k trims, DARE's drop masks — is computed once here instead of once per point.
+
+    The states must not be modified while `f` is in use.
+    """
+    m = _method(method)
+    if m.prepare is not None:
+        return m.prepare(states, **kwargs)
+    check_compatible(states, "lora")  # fail here, not at the first point
+    return lambda weights: m.fn(states, weights, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -198,16 +220,33 @@ def cat(states: Sequence[State], weights: Sequence[float]) -> dict[str, torch.Te
     return out
 
 
-@register("task_arith", "delta", "Ilharco et al. (2023), Editing models with task arithmetic; peft task_arithmetic")
+def _prepare_task_arith(states: Sequence[State], *, scaling: float) -> Callable[[Sequence[float]], DenseDelta]:
+    deltas = [dense(s, scaling) for s in states]  # checks the states; the ΔWᵢ do not depend on the weights
+
+    def at(weights: Sequence[float]) -> DenseDelta:
+        weights = _check_weights(weights, len(states))
+        return DenseDelta({t: sum(w * d.layers[t] for w, d in zip(weights, deltas)) for t in deltas[0].layers},
+                          _extras(states, weights))
+
+    return at
+
+
+@register("task_arith", "delta", "Ilharco et al. (2023), Editing models with task arithmetic; peft task_arithmetic",
+          prepare=_prepare_task_arith)
 def task_arith(states: Sequence[State], weights: Sequence[float], *, scaling: float) -> DenseDelta:
     """Exact addition of the updates, as dense matrices: ΔW = Σ wᵢ·s·BᵢAᵢ per layer."""
-    weights = _prepare(states, weights)
-    deltas = [dense(s, scaling) for s in states]
-    return DenseDelta({t: sum(w * d.layers[t] for w, d in zip(weights, deltas)) for t in deltas[0].layers},
-                      _extras(states, weights))
+    return _prepare_task_arith(states, scaling=scaling)(weights)
 
 
-@register("svd", "lora", "peft LoraModel.add_weighted_adapter(combination_type='svd'); Eckart–Young")
+def _prepare_svd(states: Sequence[State], *, scaling: float,
+                 rank: int | None = None) -> Callable[[Sequence[float]], dict[str, torch.Tensor]]:
+    exact = _prepare_task_arith(states, scaling=scaling)
+    rank = rank_of(states[0]) if rank is None else int(rank)
+    return lambda weights: factorise(exact(weights), rank, scaling)  # the SVD depends on the weights
+
+
+@register("svd", "lora", "peft LoraModel.add_weighted_adapter(combination_type='svd'); Eckart–Young",
+          prepare=_prepare_svd)
 def svd(states: Sequence[State], weights: Sequence[float], *, scaling: float,
         rank: int | None = None) -> dict[str, torch.Tensor]:
     """Exact ΔW addition, truncated back to rank `rank` (default: the inputs' r) by SVD.
@@ -215,8 +254,7 @@ def svd(states: Sequence[State], weights: Sequence[float], *, scaling: float,
     The result fits the live model's LoRA (same r, same s). Exact when rank ≥ rank(Σ wᵢBᵢAᵢ), e.g.
     rank = Σrᵢ; otherwise the best rank-`rank` approximation in Frobenius norm.
     """
-    delta = task_arith(states, weights, scaling=scaling)
-    return factorise(delta, rank_of(states[0]) if rank is None else int(rank), scaling)
+    return _prepare_svd(states, scaling=scaling, rank=rank)(weights)
 
 
 def _trim(dw: torch.Tensor, density: float) -> torch.Tensor:
@@ -229,7 +267,38 @@ def _trim(dw: torch.Tensor, density: float) -> torch.Tensor:
     return dw * mask.view_as(dw)
 
 
-@register("ties", "delta", "Yadav et al. (2023), TIES-Merging (NeurIPS); mergekit generalized_task_arithmetic")
+def _prepare_ties(states: Sequence[State], *, scaling: float, density: float = 0.2, majority: str = "total",
+                  normalize: bool = False) -> Callable[[Sequence[float]], DenseDelta]:
+    density = _check_fraction("density", density, low_open=True)
+    if majority not in ("total", "frequency"):
+        raise ValueError(f"majority must be 'total' or 'frequency', got {majority!r}")
+    deltas = [dense(s, scaling) for s in states]
+    # Weight-independent: the ΔWᵢ, their top-k trims (most of TIES' cost) and which entries survived.
+    trimmed = {t: torch.stack([_trim(d.layers[t], density) for d in deltas]).double() for t in deltas[0].layers}
+    survived = {t: stacked != 0 for t, stacked in trimmed.items()}
+    dtypes = {t: dw.dtype for t, dw in deltas[0].layers.items()}
+
+    def at(weights: Sequence[float]) -> DenseDelta:
+        weights = _check_weights(weights, len(states))
+        w = torch.tensor(weights, dtype=torch.float64).view(-1, 1, 1)
+        layers = {}
+        for t, stacked in trimmed.items():
+            # The sign vote depends on the weights (their sizes for 'total', their signs for 'frequency').
+            weighted = stacked * w
+            elect = weighted.sum(0) if majority == "total" else weighted.sign().sum(0)
+            keep = (weighted.sign() == torch.where(elect >= 0, 1.0, -1.0)) & survived[t]
+            merged = (weighted * keep).sum(0)
+            if normalize:
+                divisor = (w * keep).sum(0)
+                merged = merged / torch.where(divisor.abs() < 1e-12, torch.ones_like(divisor), divisor)
+            layers[t] = merged.to(dtypes[t])
+        return DenseDelta(layers, _extras(states, weights))
+
+    return at
+
+
+@register("ties", "delta", "Yadav et al. (2023), TIES-Merging (NeurIPS); mergekit generalized_task_arithmetic",
+          prepare=_prepare_ties)
 def ties(states: Sequence[State], weights: Sequence[float], *, scaling: float, density: float = 0.2,
          majority: str = "total", normalize: bool = False) -> DenseDelta:
     """TIES on the updates: trim each ΔWᵢ to its top-`density` entries by magnitude, elect a sign per
@@ -240,27 +309,35 @@ def ties(states: Sequence[State], weights: Sequence[float], *, scaling: float, d
     True divides each entry by Σ wᵢ over the modules that kept it (mergekit's default; the TIES paper's
     disjoint mean when the weights are equal).
     """
-    weights = _prepare(states, weights)
-    density = _check_fraction("density", density, low_open=True)
-    if majority not in ("total", "frequency"):
-        raise ValueError(f"majority must be 'total' or 'frequency', got {majority!r}")
+    return _prepare_ties(states, scaling=scaling, density=density, majority=majority, normalize=normalize)(weights)
+
+
+def _prepare_dare(states: Sequence[State], *, scaling: float, drop_rate: float = 0.5,
+                  seed: int = 0) -> Callable[[Sequence[float]], DenseDelta]:
+    p = _check_fraction("drop_rate", drop_rate, low_open=False)
     deltas = [dense(s, scaling) for s in states]
-    w = torch.tensor(weights, dtype=torch.float64)
-    layers = {}
-    for t in deltas[0].layers:
-        stacked = torch.stack([_trim(d.layers[t], density) for d in deltas]).double()
-        weighted = stacked * w.view(-1, 1, 1)
-        elect = weighted.sum(0) if majority == "total" else weighted.sign().sum(0)
-        keep = (weighted.sign() == torch.where(elect >= 0, 1.0, -1.0)) & (stacked != 0)
-        merged = (weighted * keep).sum(0)
-        if normalize:
-            divisor = (w.view(-1, 1, 1) * keep).sum(0)
-            merged = merged / torch.where(divisor.abs() < 1e-12, torch.ones_like(divisor), divisor)
-        layers[t] = merged.to(deltas[0].layers[t].dtype)
-    return DenseDelta(layers, _extras(states, weights))
+    gen = torch.Generator().manual_seed(int(seed))
+    # Weight-independent: the masked ΔWᵢ (mᵢ ⊙ ΔWᵢ), drawn in a fixed order (module, then layer).
+    masked = []
+    for d in deltas:
+        masked.append({})
+        for t in sorted(d.layers):
+            dw = d.layers[t]
+            masked[-1][t] = dw * (torch.rand(dw.shape, generator=gen) >= p).to(dw.device)
+
+    def at(weights: Sequence[float]) -> DenseDelta:
+        weights = _check_weights(weights, len(states))
+        layers = {t: torch.zeros_like(dw) for t, dw in deltas[0].layers.items()}
+        for w, m in zip(weights, masked):
+            for t, kept in m.items():
+                layers[t] += w * kept / (1.0 - p)
+        return DenseDelta(layers, _extras(states, weights))
+
+    return at
 
 
-@register("dare", "delta", "Yu et al. (2024), Language Models are Super Mario (DARE, ICML); peft dare_linear")
+@register("dare", "delta", "Yu et al. (2024), Language Models are Super Mario (DARE, ICML); peft dare_linear",
+          prepare=_prepare_dare)
 def dare(states: Sequence[State], weights: Sequence[float], *, scaling: float, drop_rate: float = 0.5,
          seed: int = 0) -> DenseDelta:
     """DARE on the updates: drop each entry of each ΔWᵢ with probability `drop_rate`, rescale the
@@ -269,14 +346,4 @@ def dare(states: Sequence[State], weights: Sequence[float], *, scaling: float, d
     Unbiased: E[ΔW] = Σ wᵢΔWᵢ. drop_rate = 0 is the exact sum. The masks come from one generator
     seeded with `seed`, drawn in a fixed order (module, then layer), so a seed gives one result.
     """
-    weights = _prepare(states, weights)
-    p = _check_fraction("drop_rate", drop_rate, low_open=False)
-    deltas = [dense(s, scaling) for s in states]
-    gen = torch.Generator().manual_seed(int(seed))
-    layers = {t: torch.zeros_like(dw) for t, dw in deltas[0].layers.items()}
-    for w, d in zip(weights, deltas):
-        for t in sorted(d.layers):
-            dw = d.layers[t]
-            keep = (torch.rand(dw.shape, generator=gen) >= p).to(dw.device)
-            layers[t] += w * dw * keep / (1.0 - p)
-    return DenseDelta(layers, _extras(states, weights))
+    return _prepare_dare(states, scaling=scaling, drop_rate=drop_rate, seed=seed)(weights)
