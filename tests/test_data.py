@@ -27,6 +27,43 @@ def test_missing_dataset_says_where_it_looked_and_how_to_provide_it(tmp_path, mo
     msg = str(e.value)
     assert str(tmp_path / "glue" / "mnli" / "train.jsonl") in msg
     assert "offline" in msg and "PEMNB_DATA_DIR" in msg
+    assert "nyu-mll/glue (config mnli)" in msg  # the hub id it would have tried
+
+
+def test_a_dataset_without_a_hub_copy_says_so_plainly(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEMNB_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with pytest.raises(data.DataNotFound) as e:
+        data.load("yelp_sentences", "train")  # online or not: nothing but a local file can provide it
+    msg = str(e.value)
+    assert "NO hub copy" in msg and str(tmp_path / "yelp_sentences" / "train.jsonl") in msg
+    assert "internet" not in msg
+
+
+def test_the_shipped_data_folder_is_the_default(monkeypatch):
+    from pemnb.paths import SHIPPED_DATA, data_dir
+
+    monkeypatch.delenv("PEMNB_DATA_DIR", raising=False)
+    assert data_dir() == SHIPPED_DATA and (SHIPPED_DATA / "README.md").exists()
+    assert len(data.load("glue/sst2", "validation")) == 872
+
+
+def test_every_shipped_file_is_documented_with_its_row_count():
+    from pemnb.paths import SHIPPED_DATA
+
+    readme = (SHIPPED_DATA / "README.md").read_text()
+    files = sorted(SHIPPED_DATA.rglob("*.jsonl"))
+    assert files, "data/ ships no data"
+    for f in files:
+        folder = f.parent.relative_to(SHIPPED_DATA).as_posix()
+        rows = sum(1 for line in f.open(encoding="utf-8") if line.strip())
+        line = next((ln.replace("*", "") for ln in readme.splitlines() if ln.startswith(f"| `{folder}`")), None)
+        assert line is not None, f"data/README.md has no row for {folder}"
+        assert f"{f.stem} {rows}" in line or f"{f.name}` {rows}" in line or f"{rows} (the whole set)" in line, \
+            f"data/README.md does not give {folder}/{f.name}'s {rows} rows"
+    registered = {spec.local for spec in data.DATASETS.values() if spec.local}
+    assert registered <= {p.relative_to(SHIPPED_DATA).as_posix() for p in SHIPPED_DATA.rglob("*") if p.is_dir()}
 
 
 def test_unknown_dataset():
