@@ -20,6 +20,7 @@ from matplotlib import colors as mcolors
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
 from . import arithmetic as A
+from . import plots
 
 OPERATORS = ("addition", "negation", "analogy")
 KIND_TITLES = {"lora": "LoRA", "ia3": "(IA)$^3$", "fft": "full fine-tune"}
@@ -170,7 +171,8 @@ def draw_panel(ax, p: Panel) -> None:
 
 
 def operator_diagram(kinds: tuple[str, ...] = A.KINDS, operators: tuple[str, ...] = OPERATORS):
-    """A Figure with one panel per (operator, kind): rows are operators, columns module kinds."""
+    """A Figure with one panel per (operator, kind): rows are operators, columns module kinds (put on
+    the page by :func:`pemnb.plots.show` inside a kernel)."""
     for k in kinds:
         if k not in A.KINDS:
             raise ValueError(f"unknown module kind {k!r}; expected one of {A.KINDS}")
@@ -188,4 +190,4 @@ def operator_diagram(kinds: tuple[str, ...] = A.KINDS, operators: tuple[str, ...
     fig.text(0.5, 0.005, "LoRA cells: red > 0 > blue.  (IA)$^3$ bars: l − 1 around the identity l = 1 (dashed).  "
              "Full fine-tune: task vector τ from θ$_{pre}$ (dot).", ha="center", va="bottom", fontsize=7.5, color="0.35")
     fig.tight_layout(rect=(0.02, 0.03, 1, 1))
-    return fig
+    return plots.show(fig)
