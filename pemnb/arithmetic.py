@@ -8,6 +8,12 @@ A *state* maps parameter names to tensors. Its *kind* says how to read it:
 - ``"fft"``: a full fine-tune stored as its task vector τ = θ_ft − θ_pre.
 
 The operators follow Zhang et al. (2023), §3, and the official code (see shared/paper/README.md).
+
+λ and the weights may be any finite numbers: values outside [0, 1] extrapolate (negate at λ = 2
+reverses the update twice over, merge at λ = 1.5 moves past θ₁ away from θ₂), which is allowed on
+purpose. NaN and ±Inf are refused, as are states that are not one well-formed module (mixed LoRA and
+(IA)³ keys, a lora_A without its lora_B, factors whose ranks disagree) and a dict where a list of states
+is expected; every error names the key, the layer or the value at fault.
 """
 from __future__ import annotations
 
@@ -33,12 +39,24 @@ def role(key: str) -> str:
 
 
 def check_kind(state: State, kind: str) -> None:
-    """Raise ValueError unless `state` is a non-empty, finite module state of `kind`."""
+    """Raise ValueError (TypeError for non-tensors) unless `state` is a non-empty, finite, well-formed
+    module state of `kind`: one kind of keys only; for LoRA every lora_A paired with a lora_B of the
+    same rank."""
     if kind not in KINDS:
         raise ValueError(f"unknown module kind {kind!r}; expected one of {KINDS}")
+    if isinstance(state, str):  # what iterating over a dict of states (or over one state) yields
+        raise TypeError(f"a module state is a dict of tensors, got the string {state!r}: was a dict passed "
+                        "where a list of states is expected? pass [state] for one module")
+    if not isinstance(state, Mapping):
+        raise TypeError(f"a module state is a dict of tensors, got {type(state).__name__}")
     if not state:
         raise ValueError("empty module state: it has no parameters")
     roles = {role(k) for k in state}
+    if "ia3_l" in roles and roles & {"lora_A", "lora_B"}:
+        lora_key = next(k for k in state if role(k) in ("lora_A", "lora_B"))
+        ia3_key = next(k for k in state if role(k) == "ia3_l")
+        raise ValueError(f"the state mixes LoRA and (IA)³ keys ({lora_key!r} and {ia3_key!r}); "
+                         "a module state holds one kind")
     if kind == "lora" and not {"lora_A", "lora_B"} <= roles:
         raise ValueError("kind='lora' but the state has no lora_A/lora_B tensors "
                          f"(it looks like {_guess_kind(roles)!r})")
@@ -51,6 +69,19 @@ def check_kind(state: State, kind: str) -> None:
             raise TypeError(f"{k}: expected a tensor, got {type(v).__name__}")
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise ValueError(f"{k}: contains NaN or Inf")
+    if kind == "lora":
+        _check_lora_factors(state)
+
+
+def _check_lora_factors(state: State) -> None:
+    """Every adapted layer has both factors, as matrices A (r, d_in) and B (d_out, r) of one rank r."""
+    for layer, (a, b) in lora_pairs(state).items():
+        if a.dim() != 2 or b.dim() != 2:
+            raise ValueError(f"{layer}: LoRA factors must be matrices, got lora_A {tuple(a.shape)} and "
+                             f"lora_B {tuple(b.shape)}")
+        if a.shape[0] != b.shape[1]:
+            raise ValueError(f"{layer}: rank mismatch inside the module: lora_A has shape {tuple(a.shape)} "
+                             f"(rank {a.shape[0]}), lora_B has shape {tuple(b.shape)} (rank {b.shape[1]})")
 
 
 def _guess_kind(roles: set[str]) -> str:
@@ -69,7 +100,10 @@ def infer_kind(state: State) -> str:
 
 
 def check_compatible(states: Sequence[State], kind: str) -> None:
-    """Raise unless all states are of `kind` and share keys and shapes."""
+    """Raise unless `states` is a list of states, all of `kind`, sharing keys and shapes."""
+    if isinstance(states, Mapping):
+        raise TypeError("expected a list of module states, got a dict (one state, or states by name); "
+                        "pass [state] for one module, or list(states.values())")
     if len(states) == 0:
         raise ValueError("no modules to compose: the list is empty")
     for i, s in enumerate(states):
@@ -91,12 +125,28 @@ def check_compatible(states: Sequence[State], kind: str) -> None:
 
 
 def _check_weights(weights: Sequence[float], n: int) -> list[float]:
-    weights = [float(w) for w in weights]
+    if isinstance(weights, Mapping) or not isinstance(weights, Iterable) or isinstance(weights, str):
+        raise TypeError(f"weights must be a list of numbers, one per module, got {type(weights).__name__}")
+    try:
+        weights = [float(w) for w in weights]
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"weights must be numbers: {e}") from None
     if len(weights) != n:
         raise ValueError(f"got {len(weights)} weights for {n} modules")
     if not all(math.isfinite(w) for w in weights):
         raise ValueError(f"weights must be finite, got {weights}")
     return weights
+
+
+def _check_lam(lam: float) -> float:
+    """λ as a float; any finite value (outside [0, 1] extrapolates), never NaN or ±Inf."""
+    try:
+        value = float(lam)
+    except (TypeError, ValueError):
+        raise TypeError(f"λ must be a number, got lam={lam!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"λ must be finite, got lam={lam}")
+    return value
 
 
 # ------------------------------------------------------------------------------------------- operators
@@ -110,6 +160,7 @@ def add(states: Sequence[State], weights: Sequence[float], kind: str, *, normali
 
     normalize: divide the weights by their sum, as the official ``merge.py`` does. For (IA)³ this keeps
     l = 1 the identity (a merge of identity modules stays the identity).
+    weights: any finite numbers, negative or above 1 included (extrapolation); NaN/Inf are refused.
     """
     check_compatible(states, kind)
     weights = _check_weights(weights, len(states))
@@ -122,7 +173,9 @@ def add(states: Sequence[State], weights: Sequence[float], kind: str, *, normali
 
 
 def merge(theta1: State, theta2: State, lam: float, kind: str) -> dict:
-    """θ = λθ₁ + (1−λ)θ₂ (Eq. 2): λ = 1 returns θ₁, λ = 0 returns θ₂."""
+    """θ = λθ₁ + (1−λ)θ₂ (Eq. 2): λ = 1 returns θ₁, λ = 0 returns θ₂; λ outside [0, 1] extrapolates
+    along the line through them (allowed; NaN/Inf are refused)."""
+    lam = _check_lam(lam)
     return add([theta1, theta2], [lam, 1.0 - lam], kind, normalize=False)
 
 
@@ -132,12 +185,13 @@ def negate(state: State, kind: str, lam: float = 1.0, *, factor: str = "A") -> d
     - LoRA: negate ONE factor, A ← −λA (or B ← −λB with ``factor="B"``), so ΔW → −λΔW;
     - (IA)³: act on the deviation from the identity, l ← 1 − λ(l − 1) (λ = 1 gives 2 − l);
     - full fine-tune: τ ← −λτ, i.e. θ_pre − λτ.
-    Extra tensors (a head) are left unchanged for PEMs.
+    Extra tensors (a head) are left unchanged for PEMs. λ > 1 over-reverses, λ < 0 amplifies the
+    module instead (allowed: extrapolation); NaN/Inf are refused.
     """
     check_kind(state, kind)
     if factor not in ("A", "B"):
         raise ValueError(f"factor must be 'A' or 'B', got {factor!r}")
-    lam = float(lam)
+    lam = _check_lam(lam)
     out = {}
     for k, v in state.items():
         r = role(k)
@@ -157,11 +211,12 @@ def ablate(state: State, kind: str, lam: float = 1.0) -> dict:
 
     For LoRA (−λB)(−λA) = λ²BA, so at λ = 1 it changes nothing; for (IA)³ l ← −λl flips and shrinks
     every activation scale, which wrecks the model. Shown in the book as what *not* to do.
+    Any finite λ is allowed (outside [0, 1]: extrapolation); NaN/Inf are refused.
     """
     check_kind(state, kind)
     if kind == "fft":
         raise ValueError("the ablation is defined for PEMs (lora, ia3); for fft it equals negate()")
-    lam = float(lam)
+    lam = _check_lam(lam)
     return {k: (-lam * v if role(k) != "other" else v.clone()) for k, v in state.items()}
 
 
@@ -173,10 +228,11 @@ def analogy(cls_source: State, lm_target: State, lm_source: State, lam: float, k
       (the negation of θ_LM(source) acts on B only, then the three are added);
     - (IA)³: δ = λδ_cls + (1−λ)(δ_lmT − δ_lmS) with δ = l − 1, returned as l = 1 + δ;
     - full fine-tune: τ = λτ_cls + (1−λ)(τ_lmT − τ_lmS).
+    Any finite λ is allowed (outside [0, 1]: extrapolation); NaN/Inf are refused.
     """
     states = [cls_source, lm_target, lm_source]
     check_compatible(states, kind)
-    lam = float(lam)
+    lam = _check_lam(lam)
     mu = 1.0 - lam
     out = {}
     for k in cls_source:

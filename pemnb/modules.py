@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping
 
@@ -23,6 +25,15 @@ from .arithmetic import KINDS, check_kind, role
 from .backbones import HEAD_MODULES, IA3_TARGETS, LORA_TARGETS, family_of
 
 _PRETRAINED = "_pemnb_pretrained"
+
+
+@contextmanager
+def _quiet_peft():
+    """peft reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model; the
+    FutureWarning says nothing a reader can act on, so it is kept off the page."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def attach(model, kind: str, *, r: int = 8, alpha: int = 16, dropout: float = 0.0, init_seed: int = 0,
@@ -63,7 +74,8 @@ def attach(model, kind: str, *, r: int = 8, alpha: int = 16, dropout: float = 0.
         targets, ff = IA3_TARGETS[family]
         config = IA3Config(target_modules=target_modules or targets,
                            feedforward_modules=feedforward_modules or ff, **extra)
-    peft_model = get_peft_model(model, config)
+    with _quiet_peft():
+        peft_model = get_peft_model(model, config)
     peft_model.pemnb_kind = kind
     return peft_model
 
@@ -338,7 +350,8 @@ def attach_peft(model, folder: str | Path):
     state, kind, _ = import_peft(folder)
     config = PeftConfig.from_pretrained(str(folder))
     config.inference_mode = False  # the module's parameters are what read_state/write_state see
-    peft_model = get_peft_model(model, config)
+    with _quiet_peft():
+        peft_model = get_peft_model(model, config)
     peft_model.pemnb_kind = kind
     write_state(peft_model, state)
     return peft_model
@@ -373,3 +386,33 @@ def save_finetuned(model, folder: str | Path, tau: Mapping[str, torch.Tensor] | 
     folder = Path(folder)
     clone.save_pretrained(str(folder), **save_kwargs)
     return folder
+
+
+@torch.no_grad()
+def peft_round_trip(model, state: Mapping[str, torch.Tensor], base, inputs: Mapping[str, torch.Tensor],
+                    folder: str | Path | None = None) -> float:
+    """max |Δlogits| on `inputs` between pemnb (`state` written into `model`) and stock peft (`state`
+    exported with :func:`export_peft`, loaded into `base` by ``PeftModel.from_pretrained``); 0.0 means
+    identical outputs. `model` is left as it was; `base` is a fresh copy of the backbone (it gets the
+    adapter injected). folder: where the adapter goes (default: a temporary folder, removed after).
+    """
+    import tempfile
+
+    from peft import PeftModel
+
+    writer = StateWriter(model)
+    saved = writer.snapshot()
+    was_training = model.training
+    try:
+        writer(state)
+        model.eval()
+        device = next(model.parameters()).device
+        ours = model(**{k: v.to(device) for k, v in inputs.items()}).logits
+    finally:
+        writer.restore(saved)
+        model.train(was_training)
+    with tempfile.TemporaryDirectory() as tmp, _quiet_peft():
+        loaded = PeftModel.from_pretrained(base, str(export_peft(model, folder or tmp, state))).eval()
+        device = next(loaded.parameters()).device
+        theirs = loaded(**{k: v.to(device) for k, v in inputs.items()}).logits
+    return float((ours.float().cpu() - theirs.float().cpu()).abs().max())

@@ -171,3 +171,18 @@ def test_a_composed_full_fine_tune_saves_and_reloads_identically(tmp_path, name,
     assert max_diff(logits(reloaded, tok, task), ours) == 0.0
     with pytest.raises(ValueError, match="task vector does not fit"):
         save_finetuned(model, tmp_path / "bad", {"nope.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("kind", ["lora", "ia3"])
+def test_peft_round_trip_reports_zero_and_leaves_the_model_as_it_was(kind):
+    from pemnb.modules import peft_round_trip
+
+    model, tok = attached(kind=kind)
+    before = read_state(model)
+    composed = A.negate(trained_like(before), kind)
+    inputs = tok(["a small test sentence", "another one"], return_tensors="pt", padding=True)
+    assert peft_round_trip(model, composed, base()[0], inputs) == 0.0
+    assert all(torch.equal(before[k], v) for k, v in read_state(model).items())
+    # the comparison can fail: a base that differs from the model's backbone shows up
+    other, _ = load_backbone("smoke-bert", "classification", seed=5, device="cpu")
+    assert peft_round_trip(model, composed, other.eval(), inputs) > 1e-3
