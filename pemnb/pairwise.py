@@ -127,10 +127,61 @@ class AnnotationLog:
 
 
 def log_path(tag: str) -> Path:
-    """Where a chapter keeps its annotation log: ``<pemnb cache>/annotations/<tag>.csv``."""
-    from .paths import cache_root
+    """Where a chapter keeps its annotation log: ``<annotations dir>/<tag>.csv`` (see
+    :func:`pemnb.paths.annotations_dir`: $PEMNB_ANNOTATIONS_DIR, default ~/.local/share/pemnb/annotations).
 
-    return cache_root() / "annotations" / f"{tag}.csv"
+    Judgements are people's work, so they live outside the cache folder (which a user clears to free
+    space). Logs found at the old place, ``<pemnb cache>/annotations/``, are moved here first
+    (:func:`migrate_legacy_logs`), so nothing judged before is lost or read from a folder about to go.
+    """
+    from .paths import annotations_dir
+
+    migrate_legacy_logs()
+    return annotations_dir() / f"{tag}.csv"
+
+
+def migrate_legacy_logs() -> list[Path]:
+    """Move every annotation log from ``<pemnb cache>/annotations/`` into the annotations folder and
+    return where each went. A log whose name is taken there is merged into it: the rows the new log
+    lacks are appended (same header) or the old file is kept beside it under a ``.legacy`` name
+    (another header); rows are never dropped."""
+    import shutil
+
+    from .paths import annotations_dir, legacy_annotations_dir
+
+    old_dir = legacy_annotations_dir()
+    if not old_dir.is_dir():
+        return []
+    new_dir = annotations_dir()
+    if old_dir.resolve() == new_dir.resolve():
+        return []
+    moved = []
+    for old in sorted(old_dir.glob("*.csv")):
+        new = new_dir / old.name
+        if not new.exists():
+            shutil.copy2(old, new.with_name(new.name + ".part"))  # a copy first: the cache may be another disk
+            os.replace(new.with_name(new.name + ".part"), new)
+        elif _header(old) == _header(new) == COLUMNS:
+            with open(new, newline="", encoding="utf-8") as f:
+                have = {tuple(r) for r in csv.reader(f)}
+            with open(old, newline="", encoding="utf-8") as f:
+                rows = [r for r in list(csv.reader(f))[1:] if tuple(r) not in have]
+            with open(new, "a", newline="", encoding="utf-8") as f:  # "a": never truncates
+                csv.writer(f).writerows(rows)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            new = next(new_dir / f"{old.stem}.legacy{n}{old.suffix}" for n in range(1000)
+                       if not (new_dir / f"{old.stem}.legacy{n}{old.suffix}").exists())
+            shutil.copy2(old, new)
+        old.unlink()
+        moved.append(new)
+    return moved
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), [])
 
 
 def judgements(log: AnnotationLog, pairs: Sequence[Pair]) -> pd.DataFrame:

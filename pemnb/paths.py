@@ -1,4 +1,5 @@
-"""Where pemnb keeps things on disk: the cache root and the local data folder."""
+"""Where pemnb keeps things on disk: the cache root, the local data folder, and people's annotations
+(kept apart from the cache, which a user may clear at any time)."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,7 @@ from pathlib import Path
 
 CACHE_ENV = "PEMNB_CACHE_DIR"
 DATA_ENV = "PEMNB_DATA_DIR"
+ANNOTATIONS_ENV = "PEMNB_ANNOTATIONS_DIR"
 
 
 def cache_root() -> Path:
@@ -26,3 +28,20 @@ def data_dir() -> Path | None:
     if d:
         return Path(d).expanduser().resolve()
     return SHIPPED_DATA if SHIPPED_DATA.is_dir() else None
+
+
+def annotations_dir() -> Path:
+    """$PEMNB_ANNOTATIONS_DIR, else $XDG_DATA_HOME/pemnb/annotations, else ~/.local/share/pemnb/annotations
+    (created on demand). Human judgements are work, not cache: they never live under the cache root."""
+    d = os.environ.get(ANNOTATIONS_ENV)
+    if not d:
+        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        d = Path(base) / "pemnb" / "annotations"
+    root = Path(d).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def legacy_annotations_dir() -> Path:
+    """Where annotation logs lived before they had a folder of their own: ``<cache root>/annotations``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pemnb").expanduser() / "annotations"

@@ -21,6 +21,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # converted SmolLM2 between runs).
     if "PEMNB_CACHE_DIR" not in os.environ:
         monkeypatch.setenv("PEMNB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "pemnb-cache"))
+    # ... and its own annotations folder: tests never write into a reader's judgements
+    if "PEMNB_ANNOTATIONS_DIR" not in os.environ:
+        monkeypatch.setenv("PEMNB_ANNOTATIONS_DIR", str(tmp_path_factory.getbasetemp() / "pemnb-annotations"))
 
 
 @pytest.fixture

@@ -136,3 +136,80 @@ def test_annotate_interactively_with_buttons(tmp_path, monkeypatch):
     assert all(b.disabled for b in buttons)
     with pytest.raises(ValueError, match="auto"):
         P.annotate(pairs, P.AnnotationLog(tmp_path / "other.csv"), "auto:x", interactive=True)
+
+
+# --------------------------------------------------------------------- judgements are not cache
+@pytest.fixture
+def folders(tmp_path, monkeypatch):
+    cache, notes = tmp_path / "cache", tmp_path / "annotations"
+    monkeypatch.setenv("PEMNB_CACHE_DIR", str(cache))
+    monkeypatch.setenv("PEMNB_ANNOTATIONS_DIR", str(notes))
+    return cache, notes
+
+
+def judge_some(path, n=5, annotator="alice"):
+    pairs = P.make_pairs(INS[:n], {k: v[:n] for k, v in RESP.items()}, seed=0)
+    log = P.AnnotationLog(path)
+    for i, p in enumerate(pairs):
+        log.append(p, P.LABELS[i % 3], annotator, human=True)
+    return log.read()
+
+
+def test_the_log_lives_outside_the_cache_and_survives_clearing_it(folders):
+    import shutil
+
+    from pemnb.paths import cache_root
+
+    cache, notes = folders
+    path = P.log_path("05_instruction_detox-smoke")
+    assert path.parent == notes and cache.resolve() not in path.resolve().parents
+    before = judge_some(path)
+    shutil.rmtree(cache_root())  # what a user does to free the gigabytes of full fine-tunes
+    after = P.AnnotationLog(P.log_path("05_instruction_detox-smoke")).read()
+    assert len(after) == len(before) == 5
+    assert after.equals(before)
+
+
+def test_the_default_folder_is_the_users_data_folder(tmp_path, monkeypatch):
+    from pemnb.paths import annotations_dir
+
+    monkeypatch.delenv("PEMNB_ANNOTATIONS_DIR", raising=False)
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert annotations_dir() == tmp_path / ".local" / "share" / "pemnb" / "annotations"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert annotations_dir() == tmp_path / "xdg" / "pemnb" / "annotations"
+
+
+def test_a_log_at_the_old_place_is_moved_out_of_the_cache_with_every_row(folders):
+    import shutil
+
+    cache, notes = folders
+    old = cache / "annotations" / "05_instruction_detox-small.csv"
+    before = judge_some(old, n=7)
+    path = P.log_path("05_instruction_detox-small")
+    assert path == notes / old.name and not old.exists()
+    shutil.rmtree(cache)
+    assert P.AnnotationLog(path).read().equals(before)
+
+
+def test_old_and_new_logs_of_one_tag_are_merged_without_losing_or_doubling_rows(folders):
+    cache, notes = folders
+    old, new = cache / "annotations" / "t.csv", notes / "t.csv"
+    judge_some(old, n=4, annotator="alice")
+    with open(old, newline="") as f:
+        old_rows = list(csv.reader(f))[1:]
+    notes.mkdir(parents=True)
+    new.write_text(open(old).read())  # the same rows in both places (an earlier partial copy) ...
+    judge_some(old, n=3, annotator="bob")  # ... and new rows only at the old place
+    foreign = cache / "annotations" / "other.csv"
+    foreign.write_text("a,b\n1,2\n")
+    (notes / "other.csv").write_text("x,y\n3,4\n")
+    P.log_path("t")
+    df = P.AnnotationLog(new).read()
+    assert len(df) == 7 and (df["annotator"] == "bob").sum() == 3
+    with open(new, newline="") as f:
+        assert list(csv.reader(f))[1:5] == old_rows
+    assert (notes / "other.legacy0.csv").read_text() == "a,b\n1,2\n"  # another header: kept beside
+    assert (notes / "other.csv").read_text() == "x,y\n3,4\n"
+    assert not (cache / "annotations" / "t.csv").exists()
