@@ -110,7 +110,8 @@ def score_choices(model, tokenizer, prompts: Sequence[str], choices: Sequence[st
     the tokenizer's special tokens, as :func:`pemnb.generative.prompt_answer_examples` does in training.
 
     Note: constrained beam search (:func:`constrained_generate`) ranks answer *and* the EOS that closes
-    it, so an untrained model can pick differently; ``pemnb.multitask.answer_eos_scores`` scores that.
+    it, so a model can pick differently (zero-shot SmolLM2 on RTE: 47% agreement); the chapters score
+    with :func:`constrained_scores`, which ranks what beam search ranks.
     """
     from .progress import tqdm
 
@@ -161,6 +162,95 @@ def _sequence_logprob(model, tokenizer, enc, answer: list[int], enc_dec: bool) -
     k = a.shape[1]
     logp = torch.log_softmax(logits[:, -k - 1:-1], -1).gather(-1, a.unsqueeze(-1)).squeeze(-1)
     return logp.mean(-1)
+
+
+@torch.no_grad()
+def constrained_scores(model, tokenizer, prompts: Sequence[str], choices: Sequence[str], batch_size: int = 16,
+                       progress: bool = False) -> np.ndarray:
+    """The score constrained beam search (:func:`constrained_generate`) gives each allowed answer, shape
+    (n_prompts, n_choices): log p(answer | prompt) + log p(EOS | prompt, answer), divided by the generated
+    length (answer + EOS) to the power of the model's ``length_penalty``, as HF beam search ranks
+    finished hypotheses. Its argmax is the paper's constrained decoding's answer (checked in the tests
+    and by ``make benchmark``) whenever beam search keeps every answer, i.e. num_beams ≥ len(choices).
+
+    The chapters score with this, not with the bare log p(answer) (:func:`score_choices`): beam search
+    emits the answer AND the end-of-sequence token it is then forced to, and a model that would rather
+    go on after " yes" (zero-shot SmolLM2 on RTE: beam search says yes on 88% of the rows, the bare
+    score agrees with it on 47%) ranks the two differently.
+
+    Decoder-only models with single-token answers: ONE forward pass per batch, the prompt followed by
+    every answer token under a tree-shaped attention mask (each answer sees the prompt and itself, at
+    the position after the prompt), so the last prompt position gives log p(a) and each answer's
+    position log p(EOS | a). Otherwise (multi-token answers, encoder-decoder models): one pass per
+    choice over answer + EOS (T5: the encoder runs once per batch). Positions are counted from the first
+    real token of a left-padded prompt, as ``generate`` counts them.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    targets = [a + [tokenizer.eos_token_id] for a in _answer_ids(tokenizer, choices)]
+    enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+    tree = not enc_dec and all(len(t) == 2 for t in targets)
+    penalty = float(getattr(getattr(model, "generation_config", None), "length_penalty", 1.0) or 1.0)
+    out = np.zeros((len(prompts), len(choices)), dtype=np.float64)
+    pad_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # the prompt's last token is the last position
+    try:
+        lengths = [len(x) for x in tokenizer(list(prompts))["input_ids"]] if prompts else []
+        for idx in tqdm(length_buckets(lengths, batch_size), desc="scoring", disable=not progress):
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+            if tree:
+                total = _tree_scores(model, enc, [t[0] for t in targets], tokenizer.eos_token_id)
+            else:
+                memory = model.get_encoder()(**enc) if enc_dec else None
+                total = torch.stack([_target_logprob(model, enc, t, memory) for t in targets], 1)
+            out[idx] = total.double().cpu().numpy() / np.array([len(t) ** penalty for t in targets])
+    finally:
+        tokenizer.padding_side = pad_side
+    return out
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: 0 at each row's first real token (padding gets 1, unread)."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
+def _tree_scores(model, enc, answers: list[int], eos: int) -> torch.Tensor:
+    """log p(a) + log p(EOS | a) for single-token answers `answers`, one tree-masked pass (see above)."""
+    mask = enc["attention_mask"].bool()
+    n, length = mask.shape
+    c = len(answers)
+    pos = _positions(mask)
+    total = length + c
+    tree = torch.ones(total, total, dtype=torch.bool, device=mask.device).tril()
+    tree[length:, length:] = torch.eye(c, dtype=torch.bool, device=mask.device)  # an answer sees the prompt + itself
+    keys = torch.cat([mask, mask.new_ones(n, c)], 1)
+    # (a padding query that sees nothing would give NaN; it sees itself, and nothing reads it)
+    mask4 = (tree[None] & keys[:, None, :] | torch.eye(total, dtype=torch.bool, device=mask.device)[None])[:, None]
+    ids = torch.tensor(answers, device=mask.device)
+    logits = model(input_ids=torch.cat([enc["input_ids"], ids.expand(n, -1)], 1), attention_mask=mask4,
+                   position_ids=torch.cat([pos, (pos[:, -1:] + 1).expand(n, c)], 1),
+                   logits_to_keep=c + 1).logits.float()
+    logp = torch.log_softmax(logits, -1)
+    return logp[:, 0, ids] + logp[:, 1:, eos]
+
+
+def _target_logprob(model, enc, target: list[int], memory=None) -> torch.Tensor:
+    """Σ log p(target tokens) after each prompt of `enc` (decoder-only: appended; T5: as the decoder's
+    output, `memory` being the encoder's output for `enc`)."""
+    n = enc["input_ids"].shape[0]
+    t = torch.tensor(target, device=enc["input_ids"].device).expand(n, -1).contiguous()  # T5's loss views it
+    if memory is not None:
+        logits = model(encoder_outputs=memory, attention_mask=enc["attention_mask"], labels=t).logits
+    else:
+        k = t.shape[1]
+        pos = _positions(enc["attention_mask"])
+        step = torch.arange(1, k + 1, device=pos.device)
+        logits = model(input_ids=torch.cat([enc["input_ids"], t], 1),
+                       attention_mask=torch.cat([enc["attention_mask"], torch.ones_like(t)], 1),
+                       position_ids=torch.cat([pos, pos[:, -1:] + step], 1), logits_to_keep=k + 1).logits[:, :-1]
+    return torch.log_softmax(logits.float(), -1).gather(-1, t.unsqueeze(-1)).squeeze(-1).sum(-1)
 
 
 @torch.no_grad()
@@ -277,9 +367,28 @@ class ToxicityScorer:
 
 
 def _detoxify(variant: str = "original") -> ToxicityScorer:
-    from detoxify import Detoxify
+    import contextlib
+    import io
+    from pathlib import Path
 
-    model = Detoxify(variant, device="cuda" if torch.cuda.is_available() else "cpu")
+    from detoxify import Detoxify
+    from detoxify.detoxify import MODEL_URLS
+
+    from .paths import offline
+
+    url = MODEL_URLS[variant]
+    ckpt = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not ckpt.exists():
+        if offline():
+            raise FileNotFoundError(f"Detoxify's {variant!r} weights ({ckpt.name}) are not in torch's hub cache "
+                                    "and this run is offline")
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.redirect_stderr(io.StringIO()):  # torch.hub prints the cache path it downloads to
+            torch.hub.download_url_to_file(url, str(ckpt), progress=False)
+    # Detoxify unpickles its checkpoint without restriction; load it restricted first, so a file holding
+    # anything but tensors and plain data is refused before that happens.
+    torch.load(ckpt, map_location="cpu", weights_only=True)
+    model = Detoxify(variant, checkpoint=str(ckpt), device="cuda" if torch.cuda.is_available() else "cpu")
 
     def fn(texts):
         scores = []

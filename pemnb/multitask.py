@@ -7,9 +7,10 @@ Both tasks are text generation with the paper's prompt (official code, ``prompt_
 - MNLI: ``Does "[premise]" imply that "[hypothesis]"? Please answer yes, no or maybe.``
   (entailment → yes, neutral → maybe, contradiction → no)
 
-Answers are constrained to the task's words: :func:`pemnb.evaluate.score_choices` reads them in one forward
-pass (exact for single-token answers); :func:`pemnb.evaluate.constrained_generate` is the paper's
-constrained beam search (num_beams = 5), used to check that the two agree.
+Answers are constrained to the task's words: :func:`pemnb.evaluate.constrained_scores` scores each answer as
+the paper's constrained beam search ranks it (answer and the EOS that closes it) in one forward pass per
+batch; :func:`pemnb.evaluate.constrained_generate` is that beam search (num_beams = 5), used to check that the
+two agree.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 
 from . import arithmetic, data
 from .cache import TRAINING_CODE, Cache, state_fingerprint
-from .evaluate import constrained_generate, score_choices
+from .evaluate import constrained_generate, constrained_scores, score_choices
 from .profiles import Profile, _grid
 
 CHAPTER = "multitask"
@@ -169,7 +170,8 @@ def answer_eos_scores(model, tokenizer, prompts: Sequence[str], choices: Sequenc
     AND the EOS that closes it (all answers have the same length here, so the length penalty does not
     change the ranking). Its argmax reproduces :func:`pemnb.evaluate.constrained_generate` exactly; the
     one-pass score of the bare answer agrees with it once the model has learned to stop after the answer.
-    One forward pass per prompt and choice (for checks, not sweeps).
+    One forward pass per prompt and choice: the unbatched reference the tests hold
+    :func:`pemnb.evaluate.constrained_scores` (batched, one pass per batch) to.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -270,25 +272,27 @@ class EvalSet:
 
 
 def accuracy(bench, state: Mapping[str, torch.Tensor], evalset: EvalSet, batch_size: int = 16) -> float:
-    """Accuracy of constrained answering (argmax of the allowed answers' log-probabilities)."""
+    """Accuracy of constrained answering: the answer constrained beam search would pick (argmax of
+    :func:`pemnb.evaluate.constrained_scores`)."""
     bench.use(state)  # no per-batch progress bar: sweeps show one bar over λ instead
-    scores = score_choices(bench.model, bench.tokenizer, evalset.prompts, evalset.choices, batch_size)
+    scores = constrained_scores(bench.model, bench.tokenizer, evalset.prompts, evalset.choices, batch_size)
     return float((scores.argmax(1) == evalset.labels).mean())
 
 
 def parity(bench, state: Mapping[str, torch.Tensor], evalset: EvalSet, n: int, num_beams: int = 5) -> dict:
     """How often one-pass answer scoring and HF constrained beam search (the paper's decoding) pick the
-    same answer on the first n rows; also with the answers scored together with their closing EOS
-    (see :func:`with_eos`), which must agree exactly."""
+    same answer on the first n rows: the bare answer (:func:`pemnb.evaluate.score_choices`) and the
+    answer with its closing EOS (:func:`pemnb.evaluate.constrained_scores`, what :func:`accuracy` uses),
+    which must agree exactly."""
     bench.use(state)
     prompts, tok = evalset.prompts[:n], bench.tokenizer
     fast = score_choices(bench.model, tok, prompts, evalset.choices).argmax(1)
-    fast_eos = answer_eos_scores(bench.model, tok, prompts, evalset.choices).argmax(1)
+    fast_eos = constrained_scores(bench.model, tok, prompts, evalset.choices).argmax(1)
     beam = np.asarray(constrained_generate(bench.model, tok, prompts, evalset.choices, num_beams=num_beams))
     gold = evalset.labels[:n]
     return {"task": evalset.task, "rows": len(prompts), "agreement (answer only)": float((fast == beam).mean()),
             "agreement (answer + EOS)": float((fast_eos == beam).mean()),
-            "accuracy (one pass)": float((fast == gold).mean()), "accuracy (beam search)": float((beam == gold).mean())}
+            "accuracy (one pass)": float((fast_eos == gold).mean()), "accuracy (beam search)": float((beam == gold).mean())}
 
 
 class Evaluator:
@@ -341,7 +345,7 @@ def format_probe(bench, tasks: Mapping[str, TaskData], n: int, batch_size: int =
                 for t, d in tasks.items()}
         for t, es in sets.items():
             bench.use(bench.identity())
-            pred = score_choices(bench.model, bench.tokenizer, es.prompts, es.choices, batch_size).argmax(1)
+            pred = constrained_scores(bench.model, bench.tokenizer, es.prompts, es.choices, batch_size).argmax(1)
             rows.append({"format": "chat template" if chat else "raw prompt", "task": t, "rows": len(es),
                          "accuracy": float((pred == es.labels).mean()),
                          "share 'yes'": float((pred == ANSWERS[t].index("yes")).mean())})

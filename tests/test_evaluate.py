@@ -85,3 +85,83 @@ def test_fallback_is_loud_and_named(monkeypatch, capsys):
     assert "FALLING BACK" in capsys.readouterr().out
     with pytest.raises(OSError):
         E.load_toxicity_scorer("detoxify")
+
+
+def _peaky(model, scale=30.0):
+    """The smoke model with its output layer scaled up: sharp next-token distributions, so whether the
+    model would stop after an answer matters, as it does for a real model."""
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(scale)
+    return model
+
+
+def _reluctant_to_stop(model, tok, answer, strength=2.0):
+    """The smoke model made less likely to end its output after `answer` (its EOS logit pushed away from
+    that answer's embedding; output layer untied first): the situation of zero-shot SmolLM2, which would
+    rather go on after " yes", built into a tiny model."""
+    ids = tok(answer, add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        head = model.get_output_embeddings()
+        head.weight = torch.nn.Parameter(head.weight.detach().clone())
+        row = head.weight[ids].clone()
+        head.weight[tok.eos_token_id] -= strength * row / row.norm()
+    return model
+
+
+PROMPTS = [f"does sentence {i} imply sentence {i * 7 % 13} ? please answer {w} ." for i in range(24)
+           for w in ("yes or no", "now")]
+
+
+@pytest.mark.parametrize("name", ["smoke-llama", "smoke-t5"])
+def test_constrained_scores_rank_as_constrained_beam_search_and_the_bare_answer_does_not(name):
+    task = "seq2seq" if name == "smoke-t5" else "causal_lm"
+    model, tok = load_backbone(name, task, seed=0, device="cpu")
+    choices = ["yes", "no", "maybe"]
+    favourite = choices[int(np.bincount(E.score_choices(model, tok, PROMPTS, choices).argmax(1)).argmax())]
+    model = _reluctant_to_stop(model, tok, favourite)
+    assert all(len(tok(c, add_special_tokens=False)["input_ids"]) == 1 for c in choices)
+    scores = E.constrained_scores(model, tok, PROMPTS, choices, batch_size=8)
+    assert scores.shape == (len(PROMPTS), 3) and np.all(scores <= 0)
+    for beams in (3, 5):
+        assert E.constrained_generate(model, tok, PROMPTS, choices, num_beams=beams) == scores.argmax(1).tolist()
+    # the bare answer's score (what the chapters used to sweep with) still prefers `favourite` and so
+    # picks differently on some rows
+    bare = E.score_choices(model, tok, PROMPTS, choices).argmax(1)
+    assert (bare != scores.argmax(1)).mean() > 0.05
+
+
+def test_constrained_scores_tree_pass_equals_one_pass_per_answer():
+    model, tok = load_backbone("smoke-llama", "causal_lm", seed=0, device="cpu")
+    choices = ["yes", "no", "maybe"]
+    fast = E.constrained_scores(model, tok, PROMPTS[:10], choices, batch_size=4)
+    ids = [tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for c in choices]
+    slow = np.zeros_like(fast)
+    tok.padding_side = "left"
+    for i, p in enumerate(PROMPTS[:10]):  # one prompt at a time: no padding at all
+        enc = tok([p], return_tensors="pt")
+        slow[i] = [float(E._target_logprob(model, enc, t)) / 2 for t in ids]
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
+
+
+def test_constrained_scores_normalise_answers_of_different_lengths_as_beam_search_does():
+    model, tok = load_backbone("smoke-llama", "causal_lm", seed=0, device="cpu")
+    model = _peaky(model, 10.0)
+    choices = ["yes", "not at all", "maybe so"]
+    lengths = [len(tok(c, add_special_tokens=False)["input_ids"]) for c in choices]
+    assert len(set(lengths)) > 1, lengths
+    scores = E.constrained_scores(model, tok, PROMPTS, choices, batch_size=8)
+    assert E.constrained_generate(model, tok, PROMPTS, choices, num_beams=5) == scores.argmax(1).tolist()
+    with pytest.raises(ValueError, match="tokenises to nothing"):
+        E.constrained_scores(model, tok, PROMPTS[:2], ["yes", ""])
+
+
+@pytest.mark.parametrize("name", ["smoke-llama", "smoke-t5"])
+def test_constrained_scores_equal_the_unbatched_reference_in_multitask(shared_data, name):
+    from pemnb import multitask as MT
+
+    task = "seq2seq" if name == "smoke-t5" else "causal_lm"
+    model, tok = load_backbone(name, task, seed=0, device="cpu")
+    choices = MT.PromptFormat(encoder_decoder=name == "smoke-t5").choices("mnli")
+    reference = MT.answer_eos_scores(model, tok, PROMPTS[:12], choices)
+    np.testing.assert_allclose(E.constrained_scores(model, tok, PROMPTS[:12], choices, batch_size=5) * 2,
+                               reference, atol=1e-4)
