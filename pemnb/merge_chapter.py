@@ -218,9 +218,9 @@ def distribution_scenarios(profile: Profile, settings: Mapping[str, Any], *, pro
 
 
 def _answer_accuracy(model, tokenizer, evalsets, batch_size: int) -> dict[str, float]:
-    from .evaluate import score_choices
+    from .evaluate import constrained_scores  # chapter 02's scorer: the answer beam search would pick
 
-    out = {t: float((score_choices(model, tokenizer, es.prompts, es.choices, batch_size).argmax(1)
+    out = {t: float((constrained_scores(model, tokenizer, es.prompts, es.choices, batch_size).argmax(1)
                      == es.labels).mean()) for t, es in evalsets.items()}
     out["mean"] = float(np.mean(list(out.values())))
     return out
@@ -262,16 +262,17 @@ def method_sweep(scenario: Scenario, settings: Mapping[str, Any], methods: Seque
 
     rows = []
     for m in methods:
-        compose = functools.partial(_compose_at, m, scenario.theta1, scenario.theta2, settings=settings,
-                                    scaling=scenario.scaling)
+        # ΔWᵢ, TIES' trims and DARE's masks do not depend on λ: computed once per method, not per point.
+        at = MM.prepare(m, [scenario.theta1, scenario.theta2], **method_kwargs(m, settings, scenario.scaling))
+        compose = functools.partial(_compose_prepared, at)
         for r in sweep(scenario.model, compose, settings["lam_grid"], scenario.evaluate, progress=progress,
                        desc=f"{scenario.name} · {m}", timings=True):
             rows.append({"scenario": scenario.name, "method": m, **r, "score": float(r[scenario.score])})
     return rows
 
 
-def _compose_at(method, theta1, theta2, lam, *, settings, scaling):
-    return compose_pair(method, theta1, theta2, lam, settings, scaling)
+def _compose_prepared(at, lam):
+    return at([lam, 1.0 - lam])  # equals compose_pair(method, θ₁, θ₂, λ, …) bit for bit (tested)
 
 
 def numerical_rank(matrix: torch.Tensor) -> int:
@@ -481,18 +482,33 @@ def error_figure(errors: pd.DataFrame, ncols: int = 4):
 
 
 def cost_figure(table: pd.DataFrame):
-    """Compose and apply time per method (ms, log scale) beside its size (MiB)."""
+    """Compose and apply time per method (ms, log scale) beside the composed module's size (MiB), coloured
+    by whether it fits the live rank-r adapter."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
     from . import plots
 
     names = [NAMES.get(m, m) for m in table.index]
-    fits = ["fits the live rank-r adapter" if f else "needs a larger adapter" for f in table["fits_live_adapter"]]
-    long = pd.concat([
-        pd.DataFrame({"method": names, "measure": "compose", "value": table["compose_ms"].to_numpy(),
-                      "panel": "ms per λ point (median)"}),
-        pd.DataFrame({"method": names, "measure": "apply + remove", "value": table["apply_ms"].fillna(0).to_numpy(),
-                      "panel": "ms per λ point (median)"}),
-        pd.DataFrame({"method": names, "measure": fits, "value": table["size_mib"].to_numpy(),
-                      "panel": "composed module (MiB)"}),
-    ])
-    return plots.bars(long, "value", x="method", hue="measure", col="panel", sharey=False, logy=True, rotate=30,
-                      ylabel="")
+    times = pd.concat([pd.DataFrame({"method": names, "step": step, "ms": table[col].fillna(0).to_numpy()})
+                       for step, col in (("compose", "compose_ms"), ("apply + remove", "apply_ms"))])
+    sizes = pd.DataFrame({"method": names, "size_mib": table["size_mib"].to_numpy(),
+                          "adapter": ["fits the live rank-r adapter" if f else "needs a larger adapter"
+                                      for f in table["fits_live_adapter"]]})
+    width = plots.bar_panel_width(len(names), 2)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(2 * width, 3.4))
+    sns.barplot(times, x="method", y="ms", hue="step", ax=a)
+    a.set_yscale("log")
+    a.set_ylabel("ms per λ point (median)")
+    sns.barplot(sizes, x="method", y="size_mib", hue="adapter", dodge=False, ax=b,
+                palette={"fits the live rank-r adapter": sns.color_palette()[2],
+                         "needs a larger adapter": sns.color_palette()[3]})
+    b.set_ylabel("composed module (MiB)")
+    for ax in (a, b):
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", labelrotation=30)
+        for t in ax.get_xticklabels():
+            t.set_horizontalalignment("right")
+        ax.legend(fontsize=8, title=None)
+    fig.tight_layout()
+    return plots.show(fig)
