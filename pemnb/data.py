@@ -5,11 +5,10 @@ names, so a chapter does not care where its data came from. Subsampling is deter
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import DATA_ENV, data_dir
+from .paths import DATA_ENV, data_dir, offline
 
 
 @dataclass(frozen=True)
@@ -78,11 +77,6 @@ def local_file(name: str, split: str, root: str | Path | None = None) -> Path | 
     return f if f.exists() else None
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "PEMNB_OFFLINE"))
-
-
 def load(name: str, split: str, *, root: str | Path | None = None):
     """A split of a registered dataset as a ``datasets.Dataset``: local mirror first, then the hub.
 
@@ -104,7 +98,7 @@ def load(name: str, split: str, *, root: str | Path | None = None):
         looked.append(f"{base / spec.local / (split + '.jsonl')} (missing)")
     if spec.hub is None:
         looked.append("the hub: none — this dataset has NO hub copy, so only a local file can provide it")
-    elif _offline():
+    elif offline():
         looked.append(f"the hub ({hub_id(spec)}): skipped, offline mode (HF_HUB_OFFLINE / PEMNB_OFFLINE)")
     else:
         try:

@@ -100,6 +100,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         },
         "lam_grid": (0.0,) + PAPER_GRID,
         "lora_r": 8, "lora_alpha": 8,
+        "micro_batch": 16,  # batch 128 in 8 accumulated passes (pemnb.estimates: fits 24 GB)
     },
 }
 
@@ -194,6 +195,10 @@ def module_name(role: str, domain: str) -> str:
 
 def make_bench(profile: Profile, backbone: str, kind: str, s: Mapping[str, Any], cache: Cache | None = None,
                progress: bool = True) -> DecoderBench:
+    if s.get("micro_batch"):  # passes of this many examples accumulate to one batch
+        import dataclasses
+
+        profile = dataclasses.replace(profile, micro_batch=int(s["micro_batch"]))
     return DecoderBench(profile, kind, backbone=backbone, cache=cache, lora_r=s["lora_r"],
                         lora_alpha=s["lora_alpha"], progress=progress)
 
@@ -392,8 +397,11 @@ def sweep_figure(df: pd.DataFrame, backbone: str, *, title: str | None = None):
         raise ValueError(f"no rows for backbone {backbone!r}")
     kinds = [k for k in KINDS if k in set(sub["kind"])]
     panel = sub["direction"] + " · " + sub["kind"]
+    directions = list(dict.fromkeys(sub["direction"]))
     curve = sub[sub["method"] == "analogy"].assign(panel=panel, curve="analogy θ(λ)")
-    curve = curve.sort_values("kind", key=lambda c: c.map(kinds.index), kind="stable")
+    # panels row by row: one row per direction, one column per kind (the paper's order)
+    curve = curve.assign(_order=curve["direction"].map(directions.index) * 10 + curve["kind"].map(kinds.index))
+    curve = curve.sort_values(["_order", "lam"]).drop(columns="_order")
     in_range = curve[curve["lam"] >= PAPER_GRID[0] - 1e-9]
     zoom = in_range["lam"].nunique() >= 2
     ceiling = sub[sub["method"] == "target cls (ceiling)"].assign(panel=panel)
@@ -403,6 +411,6 @@ def sweep_figure(df: pd.DataFrame, backbone: str, *, title: str | None = None):
         refs += [{"panel": f"{d} · {k}", "label": ZERO_SHOT, "value": float(g["accuracy"].iloc[0])} for k in kinds]
     return plots.sweep(in_range if zoom else curve, "accuracy", hue="curve", col="panel", refs=pd.DataFrame(refs),
                        ncols=len(kinds), ylabel="target accuracy", xlim=(0.83, 1.005) if zoom else None,
-                       xlabel="λ (weight of cls(source); 1 = the source classifier)",
+                       xlabel="λ (1 = the source classifier)",
                        title=title or f"Domain transfer by analogy ({backbone})")
 

@@ -60,8 +60,11 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 class EvalBatches:
     """Tokenised, length-bucketed, padded evaluation batches, built once and reused at every λ."""
 
-    def __init__(self, examples: Sequence[dict], pad_token_id: int, batch_size: int = 64, device=None):
+    def __init__(self, examples: Sequence[dict], pad_token_id: int, batch_size: int = 64, device=None,
+                 autocast_bf16: bool = False):
         from .train import pad_collate
+
+        self.autocast_bf16 = autocast_bf16  # compute in bfloat16 (pemnb.precision), weights untouched
 
         collate = pad_collate(pad_token_id)
         self.n = len(examples)
@@ -74,11 +77,15 @@ class EvalBatches:
     @torch.no_grad()
     def logits(self, model) -> np.ndarray:
         """Model outputs for every example, in the original order."""
+        from .precision import autocast_bf16
+
         model.eval()
         device = next(model.parameters()).device
         out = [None] * self.n
         for idx, batch in zip(self.buckets, self.batches):
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+            with autocast_bf16(device, self.autocast_bf16):
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            logits = logits.float().cpu().numpy()
             for j, i in enumerate(idx):
                 out[i] = logits[j]
         return np.stack(out)

@@ -45,3 +45,9 @@ def annotations_dir() -> Path:
 def legacy_annotations_dir() -> Path:
     """Where annotation logs lived before they had a folder of their own: ``<cache root>/annotations``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pemnb").expanduser() / "annotations"
+
+
+def offline() -> bool:
+    """True when the caller asked for no network (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE or PEMNB_OFFLINE)."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "PEMNB_OFFLINE"))

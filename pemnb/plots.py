@@ -82,7 +82,9 @@ def sweep(df: pd.DataFrame, y: str, *, x: str = "lam", hue: str | None = None, c
     axes = g.axes_dict if col else {None: g.ax}
     handles = {str(h): Line2D([], [], color=colours[h], marker="o", markersize=4) for h in hues}
     ref_rows = _ref_rows(refs)
-    grey = sns.color_palette("Greys", 4)
+    # A reference line of a hue level wears that level's colour; the others get colours of their own.
+    free = list(dict.fromkeys(str(r["label"]) for r in ref_rows if not (hue and r.get(hue) in colours)))
+    free_colours = dict(zip(free, sns.color_palette("dark", n_colors=len(hues) + len(free))[len(hues):]))
     for panel, ax in axes.items():
         sub = df if panel is None else df[df[col] == panel]
         if band is not None:
@@ -90,11 +92,11 @@ def sweep(df: pd.DataFrame, y: str, *, x: str = "lam", hue: str | None = None, c
                 gg = gg.sort_values(x)
                 ax.fill_between(gg[x], gg[band[0]], gg[band[1]], alpha=0.18, lw=0,
                                 color=colours[h] if hue else None)
-        for i, r in enumerate(ref_rows):
+        for r in ref_rows:
             if col and col in r and pd.notna(r[col]) and r[col] != panel:
                 continue
             h = r.get(hue) if hue else None
-            colour = colours[h] if h in colours else grey[(i % 3) + 1]
+            colour = colours[h] if h in colours else free_colours[str(r["label"])]
             ax.axhline(r["value"], ls="--", lw=1.1, color=colour)
             handles.setdefault(str(r["label"]), Line2D([], [], color=colour, ls="--", lw=1.1))
         if marks is not None:
@@ -106,7 +108,7 @@ def sweep(df: pd.DataFrame, y: str, *, x: str = "lam", hue: str | None = None, c
             ax.set_yscale("log")
         if xlim is not None:
             ax.set_xlim(*xlim)
-    g.set_axis_labels(xlabel, ylabel or y)
+    g.set_axis_labels(xlabel, y if ylabel is None else ylabel)
     if col:
         g.set_titles("{col_name}")
     if handles:
@@ -137,8 +139,7 @@ def bars(df: pd.DataFrame, y: str, *, x: str, hue: str | None = None, col: str |
     xs, hues, panels = _levels(df, x), _levels(df, hue), _levels(df, col)
     g = sns.catplot(data=df, x=x, y=y, hue=hue, order=xs, hue_order=hues or None, col=col,
                     col_order=panels or None, kind="bar", errorbar=None, legend=bool(hue),
-                    height=3.0, aspect=max(1.2, 0.32 * len(xs) * max(len(hues), 1) ** 0.5),
-                    sharey=sharey)
+                    height=3.0, aspect=bar_panel_width(len(xs), len(hues)) / 3.0, sharey=sharey)
     for ax in g.axes.flat:
         if chance is not None:
             ax.axhline(chance, ls=":", color="k", lw=1)
@@ -153,12 +154,17 @@ def bars(df: pd.DataFrame, y: str, *, x: str, hue: str | None = None, col: str |
             ax.tick_params(axis="x", labelrotation=rotate)
             for t in ax.get_xticklabels():
                 t.set_horizontalalignment("right")
-    g.set_axis_labels("", ylabel or y)
+    g.set_axis_labels("", y if ylabel is None else ylabel)
     if col:
         g.set_titles("{col_name}")
     if title:
         g.figure.suptitle(title, y=1.03)
     return show(g.figure)
+
+
+def bar_panel_width(n_groups: int, n_hues: int = 1) -> float:
+    """Inches for one panel of grouped bars: room for every bar, never wider than the page."""
+    return min(6.5, max(3.0, 1.0 + 0.4 * n_groups * (1 + 0.3 * max(n_hues - 1, 0))))
 
 
 def heatmap(matrix, labels: Sequence[str], *, title: str | None = None, fmt: str = ".2f",

@@ -62,7 +62,7 @@ def test_pages_carry_no_build_noise(nb):
 
 
 def test_math_renders_offline():
-    pages = [HTML / "intro.html", *(HTML / "notebooks" / f"{nb.stem}.html" for nb in CHAPTERS)]
+    pages = [HTML / "book" / "intro.html", *(HTML / "notebooks" / f"{nb.stem}.html" for nb in CHAPTERS)]
     assert (HTML / "_static" / "mathjax" / "tex-chtml.js").exists()
     for f in pages:
         scripts = re.findall(r'<script[^>]*src="([^"]*mathjax[^"]*)"', f.read_text(encoding="utf-8"), re.I)

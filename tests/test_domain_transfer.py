@@ -134,7 +134,10 @@ def test_transfer_table_and_gains():
     assert g.loc[("b", "yelp → amazon", "ia3"), dt.ZERO_SHOT] == pytest.approx(0.6)
     assert dt.chosen_lambdas(df).loc["ia3", ("b", "amazon → yelp")] == pytest.approx(0.94)
     fig = dt.sweep_figure(df, "b")
-    assert len([ax for ax in fig.axes if ax.get_visible()]) == 4
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    # one row per direction, one column per kind, in the paper's order
+    assert [ax.get_title() for ax in panels] == [f"{d} · {k}" for d in ("yelp → amazon", "amazon → yelp")
+                                                 for k in ("lora", "ia3")]
     with pytest.raises(ValueError, match="no rows"):
         dt.sweep_figure(df, "other")
 

@@ -174,7 +174,8 @@ def test_sweep_figure_and_scorer_check():
     sweep = U.sweep_frame([{**ROWS[2], "lam": lam, "ppl": 20 + lam} for lam in (0.0, 0.5, 1.0)])
     assert sweep["module"].unique().tolist() == ["LoRA"] and sweep["toxic %"].iloc[0] == 0.0
     fig = U.sweep_figure(sweep, ROWS[0], "fake", chosen={"LoRA": 0.5})
-    assert len(fig.axes) == 2 and fig.axes[1].get_yscale() == "linear" and "fake" in fig.axes[0].get_ylabel()
+    assert len(fig.axes) == 2 and fig.axes[1].get_yscale() == "linear" and "fake" in fig.axes[0].get_title()
+    assert any(ln.get_marker() == "*" for ln in fig.axes[1].lines)  # the selected λ, starred
     broken = sweep.assign(PPL=[20.0, 500.0, 1e4])
     assert U.sweep_figure(broken, ROWS[0], "fake").axes[1].get_yscale() == "log"
     plt.close("all")
