@@ -4,15 +4,23 @@ An entry's key is the SHA-256 of everything that determines it (profile, config,
 source code of the pemnb modules that compute it, so editing that code invalidates old entries. Entries
 are written to a temporary folder and renamed into place (atomic); every read checks the payload's
 checksum, and a corrupt entry is reported, deleted and recomputed, never silently used.
+
+Faults are survived: temporary folders of writers that were killed are removed when a cache is opened
+(a folder's name records its writer's host and process, so a live writer's is never touched), and
+writers of one entry racing each other never fail — the one that loses the rename keeps the winner's
+entry when it is valid.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -61,6 +69,50 @@ def _canonical(obj: Any) -> Any:
     raise TypeError(f"cannot put {type(obj).__name__} into a cache key; use plain values")
 
 
+# A writer's temporary folder: .tmp-<host>-<pid>-<random>; older pemnb wrote .tmp-<random>.
+_TMP_PREFIX = ".tmp-"
+# A temporary folder that names no live local process is an orphan; one from another host (a shared
+# disk) or of the old unnamed kind is left alone until it is this old.
+ORPHAN_AGE_S = 24 * 3600
+
+
+def _tmp_prefix() -> str:
+    host = socket.gethostname().replace("-", "_") or "host"
+    return f"{_TMP_PREFIX}{host}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_orphan(tmp: Path, now: float | None = None) -> bool:
+    """Whether a writer's temporary folder was left by a writer that is gone (killed mid-write)."""
+    parts = tmp.name[len(_TMP_PREFIX):].split("-")
+    if len(parts) >= 3 and parts[0] == (socket.gethostname().replace("-", "_") or "host") and parts[1].isdigit():
+        return int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1]))
+    try:
+        age = (now or time.time()) - tmp.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > ORPHAN_AGE_S
+
+
+def clean_orphans(folder: Path) -> list[Path]:
+    """Delete the orphaned temporary folders under `folder`'s shards; returns what was removed."""
+    removed = []
+    for tmp in folder.glob(f"*/{_TMP_PREFIX}*"):
+        if tmp.is_dir() and is_orphan(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -78,6 +130,7 @@ class Cache:
         self.dir = self.root / namespace
         self.dir.mkdir(parents=True, exist_ok=True)
         self.code_modules = tuple(code_modules)
+        clean_orphans(self.dir)
 
     def key(self, parts: Mapping[str, Any]) -> str:
         """SHA-256 of the canonical JSON of `parts` plus the code version."""
@@ -92,36 +145,66 @@ class Cache:
     def _read(self, parts: Mapping[str, Any], payload_name: str) -> Path | None:
         key = self.key(parts)
         entry = self.path(key)
-        manifest, payload = entry / "manifest.json", entry / payload_name
+        payload = entry / payload_name
         if not entry.exists():
             return None
-        try:
-            meta = json.loads(manifest.read_text())
-            ok = meta["sha256"] == _sha256(payload) and meta["parts"] == _canonical(parts)
-        except (OSError, ValueError, KeyError):
-            ok = False
-        if not ok:
-            warnings.warn(f"pemnb cache: entry {key[:12]} is corrupt or stale; deleting and recomputing",
+        if not self._valid(entry, parts, payload_name):
+            # A writer swapping the entry in as we read looks like a damaged entry for an instant
+            time.sleep(0.05)
+            if not entry.exists():
+                return None
+            if self._valid(entry, parts, payload_name):
+                return payload
+            warnings.warn(f"pemnb cache: entry {key[:12]} ({entry}) is corrupt or stale; deleting and recomputing",
                           RuntimeWarning, stacklevel=3)
             shutil.rmtree(entry, ignore_errors=True)
             return None
         return payload
 
+    @staticmethod
+    def _valid(entry: Path, parts: Mapping[str, Any], payload_name: str) -> bool:
+        """Whether `entry` is complete: its manifest names `parts` and its payload's checksum."""
+        try:
+            meta = json.loads((entry / "manifest.json").read_text())
+            return meta["sha256"] == _sha256(entry / payload_name) and meta["parts"] == _canonical(parts)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
     def _write(self, parts: Mapping[str, Any], payload_name: str, write: Callable[[Path], None]) -> Path:
         key = self.key(parts)
         entry = self.path(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=".tmp-"))
+        tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=_tmp_prefix()))
+        aside = tmp.with_name(tmp.name + "-old")
         try:
             write(tmp / payload_name)
             (tmp / "manifest.json").write_text(json.dumps(
                 {"parts": _canonical(parts), "sha256": _sha256(tmp / payload_name),
                  "code": code_version(self.code_modules), "pemnb": __version__}, indent=1))
-            if entry.exists():
-                shutil.rmtree(entry)
-            os.replace(tmp, entry)
+            for _ in range(8):
+                if entry.exists():  # an older entry: moved aside (atomic) so the rename below can land
+                    try:
+                        os.replace(entry, aside)
+                    except FileNotFoundError:
+                        pass  # another writer moved it first
+                    except OSError as e:
+                        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                            raise
+                    shutil.rmtree(aside, ignore_errors=True)
+                try:
+                    os.replace(tmp, entry)
+                    break
+                except OSError as e:  # "Directory not empty": a concurrent writer's entry landed first
+                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                    if self._valid(entry, parts, payload_name):
+                        break  # the winner wrote the same key's value; ours is discarded
+            else:
+                raise RuntimeError(f"pemnb cache: could not put entry {key[:12]} in place after 8 tries "
+                                   f"(writers keep replacing {entry})")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
         return entry / payload_name
 
     # ------------------------------------------------------------------------------ modules

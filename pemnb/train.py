@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -17,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from . import precision
 from .modules import kind_of, read_state, save_module, load_module
 
 
@@ -78,7 +80,7 @@ def accumulation_steps(batch_size: int, micro_batch_size: int | None, processes:
 
 def accumulate_gradients(model, examples: Sequence[dict], batch: Sequence[int], *, collate, device,
                          micro_batch_size: int | None = None, encoder_decoder: bool = False,
-                         accelerator=None) -> float:
+                         accelerator=None, autocast_bf16: bool = False) -> float:
     """Backpropagate one global batch (indices into `examples`) in passes of ≤ `micro_batch_size` rows;
     returns the mean loss over this process's share. Gradients accumulate in `.grad`.
 
@@ -102,7 +104,8 @@ def accumulate_gradients(model, examples: Sequence[dict], batch: Sequence[int], 
         last = n == len(passes) - 1
         quiet = accelerator.no_sync(model) if (accelerator is not None and not last) else contextlib.nullcontext()
         with quiet:
-            mean = model(**inputs).loss
+            with precision.autocast_bf16(device, autocast_bf16):  # the forward only; backward follows its dtypes
+                mean = model(**inputs).loss.float()
             scaled = mean * (units * world / total) if units else mean * 0.0
             if accelerator is not None:
                 accelerator.backward(scaled)
@@ -124,8 +127,13 @@ class TrainResult:
     resumed_from: int = 0
 
 
+def default_checkpoint_every(steps: int) -> int:
+    """Every 100 steps, or every tenth of a shorter run (so a short run killed midway loses little)."""
+    return max(1, min(100, math.ceil(steps / 10)))
+
+
 def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, step: int, losses: list[float]) -> None:
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    tmp, prev = ckpt.with_name(ckpt.name + ".tmp"), ckpt.with_name(ckpt.name + ".prev")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_module(tmp / "module.safetensors", read_state(model), kind_of(model))
@@ -135,42 +143,97 @@ def _save_checkpoint(ckpt: Path, model, optimizer, scheduler, step: int, losses:
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng},
                tmp / "optim.pt")
     (tmp / "progress.json").write_text(json.dumps({"step": step, "losses": losses}))
-    shutil.rmtree(ckpt, ignore_errors=True)
-    tmp.replace(ckpt)  # the previous checkpoint is replaced only once the new one is complete
+    # The previous checkpoint is replaced only once the new one is complete; killed between the two
+    # renames, the run resumes from checkpoint.prev.
+    if ckpt.exists():
+        shutil.rmtree(prev, ignore_errors=True)
+        os.replace(ckpt, prev)
+    os.replace(tmp, ckpt)
+    shutil.rmtree(prev, ignore_errors=True)
 
 
-def _load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> tuple[int, list[float]]:
+class DamagedCheckpoint(Exception):
+    """A checkpoint file that cannot be read back (truncated, garbled, or of another run)."""
+
+
+def _read_checkpoint(ckpt: Path, model, steps: int) -> tuple[dict, dict, dict]:
+    """(module state, optimizer/scheduler/RNG states, progress) of a checkpoint folder, all checked
+    before any of it touches the model; raises DamagedCheckpoint naming the file at fault."""
+    from .modules import module_parameters
+
+    def read(name, load):
+        try:
+            return load(ckpt / name)
+        except Exception as e:  # safetensors, zip and JSON readers each raise their own kinds
+            raise DamagedCheckpoint(f"{ckpt / name}: {type(e).__name__}: {e}") from None
+
+    state, kind, _ = read("module.safetensors", load_module)
+    extra = read("optim.pt", lambda p: torch.load(p, weights_only=True))  # never unpickle arbitrary objects
+    progress = read("progress.json", lambda p: json.loads(p.read_text()))
+    params = module_parameters(model)
+    if kind != kind_of(model) or state.keys() != params.keys() or any(
+            state[k].shape != params[k].shape for k in state):
+        raise DamagedCheckpoint(f"{ckpt / 'module.safetensors'}: holds a module that does not fit this model")
+    if not (isinstance(extra, dict) and {"optimizer", "scheduler", "torch_rng"} <= extra.keys()):
+        raise DamagedCheckpoint(f"{ckpt / 'optim.pt'}: optimizer, scheduler or RNG state missing")
+    step = progress.get("step") if isinstance(progress, dict) else None
+    if not (isinstance(step, int) and 0 < step <= steps and len(progress.get("losses", ())) == step):
+        raise DamagedCheckpoint(f"{ckpt / 'progress.json'}: step {step!r} does not fit a {steps}-step run")
+    return state, extra, progress
+
+
+def _resume(ckpt: Path, model, optimizer, scheduler, steps: int, discard: bool) -> tuple[int, list[float]]:
+    """(step, losses) to continue from: the newest readable checkpoint written into model, optimizer,
+    scheduler and RNG, or (0, []) without one. A damaged checkpoint is named in a warning and (when
+    `discard`, i.e. on the process that writes checkpoints) deleted, never a crash; so is a temporary
+    folder a killed writer left."""
+    import warnings
+
     from .modules import write_state
 
-    state, _, _ = load_module(ckpt / "module.safetensors")
-    write_state(model, state)
-    extra = torch.load(ckpt / "optim.pt", weights_only=True)  # never unpickle arbitrary objects
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    torch.set_rng_state(extra["torch_rng"])
-    if "cuda_rng" in extra and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(extra["cuda_rng"])
-    progress = json.loads((ckpt / "progress.json").read_text())
-    return progress["step"], progress["losses"]
+    if discard:
+        shutil.rmtree(ckpt.with_name(ckpt.name + ".tmp"), ignore_errors=True)
+    for candidate in (ckpt, ckpt.with_name(ckpt.name + ".prev")):
+        if not candidate.exists():
+            continue
+        try:
+            state, extra, progress = _read_checkpoint(candidate, model, steps)
+        except DamagedCheckpoint as e:
+            warnings.warn(f"pemnb train: damaged checkpoint discarded ({e}); resuming from an older one "
+                          "or from step 0", RuntimeWarning, stacklevel=3)
+            if discard:
+                shutil.rmtree(candidate, ignore_errors=True)
+            continue
+        write_state(model, state)
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["torch_rng"])
+        if "cuda_rng" in extra and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(extra["cuda_rng"])
+        return progress["step"], progress["losses"]
+    return 0, []
 
 
 def train_module(model, examples: Sequence[dict], *, steps: int, lr: float, batch_size: int, seed: int,
                  pad_token_id: int, weight_decay: float = 0.0, warmup_ratio: float = 0.06,
-                 checkpoint_dir: str | Path | None = None, checkpoint_every: int = 100,
-                 desc: str = "train", progress: bool = True,
-                 stop_after: int | None = None, micro_batch_size: int | None = None) -> TrainResult:
+                 checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = None,
+                 checkpoint_seconds: float = 60.0, desc: str = "train", progress: bool = True,
+                 stop_after: int | None = None, micro_batch_size: int | None = None,
+                 autocast_bf16: bool = False) -> TrainResult:
     """Train the module attached to `model` (see modules.attach) on tokenised `examples`, in place.
 
     Every example is a dict of lists/scalars the model's forward takes (labels included); batches are
-    padded per batch. With `checkpoint_dir`, progress is saved every `checkpoint_every` steps and a
-    re-run continues from the last checkpoint. `stop_after` interrupts after that many steps (used to
+    padded per batch. With `checkpoint_dir`, progress is saved every `checkpoint_every` steps (default:
+    100, or a tenth of a shorter run) or every `checkpoint_seconds`, whichever comes first, and a re-run
+    continues from the last checkpoint (a damaged one is discarded with a warning). `stop_after` interrupts after that many steps (used to
     test resumption).
 
     `batch_size` is the global batch of one optimisation step. It is shared out among the processes of
     an ``accelerate launch`` and cut into passes of at most `micro_batch_size` examples whose gradients
     accumulate; each pass's loss is weighted by its share of the batch's scored units (see
     :func:`loss_units`), so the gradient is the one-pass gradient of the whole batch whatever the
-    number of processes and passes (to float rounding).
+    number of processes and passes (to float rounding). `autocast_bf16` computes the forward passes in
+    bfloat16 (:mod:`pemnb.precision`); parameters, gradients and the optimizer stay float32.
     """
     from accelerate import Accelerator
     from .progress import tqdm
@@ -193,8 +256,12 @@ def train_module(model, examples: Sequence[dict], *, steps: int, lr: float, batc
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
     start, losses = 0, []
     ckpt = Path(checkpoint_dir) / "checkpoint" if checkpoint_dir else None
-    if ckpt is not None and ckpt.exists():
-        start, losses = _load_checkpoint(ckpt, model, optimizer, scheduler)
+    if ckpt is not None:
+        start, losses = _resume(ckpt, model, optimizer, scheduler, steps, discard=accelerator.is_main_process)
+    every = checkpoint_every or default_checkpoint_every(steps)
+    if every <= 0:
+        raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}")
+    last_save = time.monotonic()
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     collate = pad_collate(pad_token_id)
     if batch_size < accelerator.num_processes:
@@ -211,7 +278,7 @@ def train_module(model, examples: Sequence[dict], *, steps: int, lr: float, batc
     for step in range(start, steps):
         loss = accumulate_gradients(wrapped, examples, order[step], collate=collate, device=device,
                                     micro_batch_size=micro_batch_size, encoder_decoder=encoder_decoder,
-                                    accelerator=accelerator)
+                                    accelerator=accelerator, autocast_bf16=autocast_bf16)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -219,8 +286,10 @@ def train_module(model, examples: Sequence[dict], *, steps: int, lr: float, batc
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         done = step + 1
-        if ckpt is not None and (done % checkpoint_every == 0 or done == steps) and accelerator.is_main_process:
+        due = done % every == 0 or done == steps or time.monotonic() - last_save >= checkpoint_seconds
+        if ckpt is not None and due and accelerator.is_main_process:
             _save_checkpoint(ckpt, model, optimizer, scheduler, done, losses)
+            last_save = time.monotonic()
         if stop_after is not None and done - start >= stop_after and done < steps:
             bar.close()
             model.eval()
