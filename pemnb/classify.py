@@ -72,8 +72,10 @@ class ClassifierBench(WritesInPlace):
 
         They carry a `cache_key` (the rows' fingerprint), so evaluations on them are cached."""
         device = next(self.model.parameters()).device
-        batches = EvalBatches(self.examples(ds), self.tokenizer.pad_token_id, batch_size, device)
-        batches.cache_key = {"data": fingerprint(ds), "n": len(ds), "max_length": self.profile.max_length}
+        bf16 = self.profile.autocast_bf16
+        batches = EvalBatches(self.examples(ds), self.tokenizer.pad_token_id, batch_size, device, autocast_bf16=bf16)
+        batches.cache_key = {"data": fingerprint(ds), "n": len(ds), "max_length": self.profile.max_length,
+                             **({"autocast_bf16": True} if bf16 else {})}
         return batches
 
     # ------------------------------------------------------------------------------------ train
@@ -82,7 +84,8 @@ class ClassifierBench(WritesInPlace):
         return {"what": "classifier-module", "task": self.task, "kind": self.kind, "tag": tag,
                 "encoder": p.encoder, "max_length": p.max_length, "lora_r": p.lora_r,
                 "lora_alpha": p.lora_alpha, "init_seed": p.seed, "seed": seed, "steps": steps, "lr": lr,
-                "batch_size": p.batch_size, "data": fingerprint(ds), "n": len(ds)}
+                "batch_size": p.batch_size, "data": fingerprint(ds), "n": len(ds),
+                **({"autocast_bf16": True} if p.autocast_bf16 else {})}  # in the key only when on
 
     def train(self, ds, *, tag: str, seed: int | None = None, steps: int | None = None,
               lr: float | None = None, weight_decay: float = 0.0) -> dict[str, torch.Tensor]:
@@ -101,7 +104,7 @@ class ClassifierBench(WritesInPlace):
         result = train_module(self.model, self.examples(ds), steps=steps, lr=lr, batch_size=p.batch_size,
                               seed=seed, pad_token_id=self.tokenizer.pad_token_id, weight_decay=weight_decay,
                               checkpoint_dir=self.cache.scratch(parts), desc=f"{self.kind} {tag}",
-                              progress=self.progress)
+                              autocast_bf16=p.autocast_bf16, progress=self.progress)
         state = read_state(self.model)
         self.forget_writer()  # training may have replaced parameter objects: look them up again
         if is_main_process():  # under `accelerate launch` every rank holds the same module; one writes it

@@ -45,6 +45,10 @@ class Profile:
     lam_grid: tuple[float, ...]
     seed: int
     device: str = "auto"
+    # Compute precision: True runs evaluation and training under bfloat16 autocast (pemnb.precision;
+    # weights and optimizer stay float32), turned on where pemnb.precision.bf16_agreement measured it
+    # to keep the predictions (see the Performance page).
+    autocast_bf16: bool = False
     chapters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -78,6 +82,8 @@ class Profile:
             f"LoRA         : r={self.lora_r}, alpha={self.lora_alpha}",
             f"λ grid       : {len(self.lam_grid)} points from {self.lam_grid[0]} to {self.lam_grid[-1]}",
             f"seed         : {self.seed}",
+            *(["compute      : bfloat16 autocast (evaluation and training; weights float32)"]
+              if self.autocast_bf16 else []),
         ]
         return "\n".join(lines)
 
