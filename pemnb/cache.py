@@ -161,6 +161,18 @@ class Cache:
             return None
         return payload
 
+    def _load(self, parts: Mapping[str, Any], payload_name: str, load: Callable[[Path], Any]) -> Any:
+        """The loaded payload of a valid entry, or None."""
+        for _ in range(3):
+            payload = self._read(parts, payload_name)
+            if payload is None:
+                return None
+            try:
+                return load(payload)
+            except FileNotFoundError:  # a writer swapped the entry out between the check and the load
+                continue
+        return None
+
     @staticmethod
     def _valid(entry: Path, parts: Mapping[str, Any], payload_name: str) -> bool:
         """Whether `entry` is complete: its manifest names `parts` and its payload's checksum."""
@@ -210,8 +222,7 @@ class Cache:
     # ------------------------------------------------------------------------------ modules
     def get_module(self, parts: Mapping[str, Any]):
         """(state, kind, meta) or None."""
-        payload = self._read(parts, "module.safetensors")
-        return load_module(payload) if payload is not None else None
+        return self._load(parts, "module.safetensors", load_module)
 
     def put_module(self, parts: Mapping[str, Any], state: Mapping[str, torch.Tensor], kind: str,
                    meta: Mapping | None = None) -> Path:
@@ -219,8 +230,7 @@ class Cache:
 
     # ------------------------------------------------------------------------------ results
     def get_json(self, parts: Mapping[str, Any]):
-        payload = self._read(parts, "result.json")
-        return json.loads(payload.read_text()) if payload is not None else None
+        return self._load(parts, "result.json", lambda p: json.loads(p.read_text()))
 
     def put_json(self, parts: Mapping[str, Any], value: Any) -> Path:
         return self._write(parts, "result.json", lambda p: p.write_text(json.dumps(value)))
