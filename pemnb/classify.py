@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 from . import arithmetic, data
-from .backbones import get_backbone, load_backbone
+from .backbones import frozen_dtype, get_backbone, load_backbone
 from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .evaluate import EvalBatches, classify
 from .modules import attach, read_state, write_state, lora_scaling
@@ -57,8 +57,9 @@ class ClassifierBench(WritesInPlace):
         self.results = Cache(self.cache.root, namespace="results",
                              code_modules=TRAINING_CODE + ("pemnb.evaluate", "pemnb.classify"))
         use_one_thread_for_tiny_models(profile.encoder)
+        self.dtype = frozen_dtype(profile.encoder, kind, profile.dtype)
         model, self.tokenizer = load_backbone(profile.encoder, "classification", self.spec.num_labels,
-                                              seed=profile.seed, device=profile.device)
+                                              seed=profile.seed, device=profile.device, dtype=self.dtype)
         self.model = attach(model, kind, r=profile.lora_r, alpha=profile.lora_alpha, init_seed=profile.seed)
         # The shared initialisation every module of this bench starts from (same LoRA A, same head).
         self.init_state = read_state(self.model)
@@ -97,6 +98,8 @@ class ClassifierBench(WritesInPlace):
         parts = self.module_key(ds, tag, seed, steps, lr)
         if weight_decay:  # only in the key when used, so earlier modules stay valid
             parts["weight_decay"] = weight_decay
+        if self.dtype != "float32":  # a module trained on half-precision weights is another module
+            parts["dtype"] = self.dtype
         hit = self.cache.get_module(parts)
         if hit is not None:
             return hit[0]
@@ -104,7 +107,7 @@ class ClassifierBench(WritesInPlace):
         result = train_module(self.model, self.examples(ds), steps=steps, lr=lr, batch_size=p.batch_size,
                               seed=seed, pad_token_id=self.tokenizer.pad_token_id, weight_decay=weight_decay,
                               checkpoint_dir=self.cache.scratch(parts), desc=f"{self.kind} {tag}",
-                              autocast_bf16=p.autocast_bf16, progress=self.progress)
+                              autocast_bf16=p.autocast_bf16, progress=self.progress, micro_batch_size=p.micro_batch)
         state = read_state(self.model)
         self.forget_writer()  # training may have replaced parameter objects: look them up again
         if is_main_process():  # under `accelerate launch` every rank holds the same module; one writes it

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import arithmetic
-from .backbones import get_backbone, load_backbone
+from .backbones import frozen_dtype, get_backbone, load_backbone
 from .cache import Cache
 from .classify import is_main_process, use_one_thread_for_tiny_models
 from .evaluate import perplexity, sample, score_choices
@@ -107,7 +107,9 @@ class DecoderBench(WritesInPlace):
         self.encoder_decoder = get_backbone(self.backbone).family == "t5"
         task = "seq2seq" if self.encoder_decoder else "causal_lm"
         use_one_thread_for_tiny_models(self.backbone)
-        model, self.tokenizer = load_backbone(self.backbone, task, seed=profile.seed, device=profile.device)
+        self.dtype = frozen_dtype(self.backbone, kind, profile.dtype)
+        model, self.tokenizer = load_backbone(self.backbone, task, seed=profile.seed, device=profile.device,
+                                              dtype=self.dtype)
         self.r, self.alpha = lora_r or profile.lora_r, lora_alpha or profile.lora_alpha
         self.model = attach(model, kind, r=self.r, alpha=self.alpha, init_seed=profile.seed)
         self.init_state = read_state(self.model)
@@ -136,6 +138,8 @@ class DecoderBench(WritesInPlace):
                  **(extra_key or {})}
         if weight_decay:  # only in the key when used, so earlier modules stay valid
             parts["weight_decay"] = weight_decay
+        if self.dtype != "float32":  # a module trained on half-precision weights is another module
+            parts["dtype"] = self.dtype
         hit = self.cache.get_module(parts)
         if hit is not None:
             return hit[0]
@@ -143,7 +147,7 @@ class DecoderBench(WritesInPlace):
         result = train_module(self.model, examples, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
                               weight_decay=weight_decay,
                               pad_token_id=self.tokenizer.pad_token_id, checkpoint_dir=self.cache.scratch(parts),
-                              desc=f"{self.kind} {tag}", progress=self.progress)
+                              desc=f"{self.kind} {tag}", progress=self.progress, micro_batch_size=p.micro_batch)
         state = read_state(self.model)
         self.forget_writer()  # training may have replaced parameter objects: look them up again
         if is_main_process():

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from . import arithmetic
-from .backbones import frozen_dtype, load_backbone
+from .backbones import frozen_dtype, hub_source, load_backbone
 from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .generative import DecoderBench, prompt_answer_examples
 from .judge import LocalChat, generate_texts, write_fewshot_instructions, write_seed_instructions
@@ -63,7 +63,8 @@ SETTINGS: dict[str, dict] = {
                   train_comments=None, max_comment_words=None, seeds=103, shots=5, writer_tokens=128,
                   heldout_comments=400, regular_pool=None, n_test=100, lams=(0.3, 0.4, 0.5), pairwise_lam=0.5,
                   response_tokens=128, num_beams=4, repetition_penalty=2.5, add_special_tokens=True,
-                  judge_tokens=16, gen_batch=16, test_source="hub", train_source="hub"),
+                  judge_tokens=16, gen_batch=16, test_source="hub", train_source="hub",
+                  micro_batch=4),  # batch 128 in 32 passes of 4, as Alpaca-LoRA's finetune.py
 }
 
 # Toxic vs regular instructions: the paper splits at Detoxify toxicity > 0.01. The shipped fallback
@@ -330,7 +331,7 @@ def load_lora_adapter(source: str, revision: str | None = None) -> tuple[dict[st
     """(state with pemnb's canonical keys, adapter_config) of a peft LoRA adapter: a local folder or a
     hub id such as ``tloen/alpaca-lora-7b`` (adapter_model.safetensors or .bin, loaded without pickle
     code execution)."""
-    folder = Path(source)
+    folder = Path(source) if Path(source).is_dir() else Path(hub_source(source))  # $PEMNB_HUB_DIR mirror
     if folder.is_dir():
         files = {p.name: p for p in folder.iterdir()}
     else:

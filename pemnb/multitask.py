@@ -98,6 +98,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "lam_grid": _grid(0.0, 1.0, 0.02),
         "kinds": ("lora", "ia3", "fft"), "parity_kind": "lora", "parity_rows": 200, "num_beams": 5,
         "format_probe_rows": 200, "eval_batch": 64,
+        "micro_batch": 32,  # MNLI's batch of 128 in 4 accumulated passes (pemnb.estimates: fits 24 GB)
     },
 }
 
@@ -323,7 +324,8 @@ def make_bench(profile: Profile, kind: str, s: Mapping[str, Any], *, cache: Cach
 
     from .generative import DecoderBench
 
-    p = dataclasses.replace(profile, max_length=int(s["max_length"]))
+    p = dataclasses.replace(profile, max_length=int(s["max_length"]),
+                            micro_batch=s.get("micro_batch") or profile.micro_batch)
     return DecoderBench(p, kind, backbone=s["backbone"], cache=cache, lora_r=int(s["lora_r"]),
                         lora_alpha=int(s["lora_alpha"]), progress=progress)
 

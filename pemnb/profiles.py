@@ -45,6 +45,13 @@ class Profile:
     lam_grid: tuple[float, ...]
     seed: int
     device: str = "auto"
+    # Weight dtype of frozen backbones marked `half` (LLaMA-7B; see backbones.frozen_dtype): "bf16" at
+    # paper, fp16 on GPUs without bf16. Full fine-tunes and every other backbone stay float32.
+    dtype: str = "float32"
+    # Examples per forward/backward pass: a training batch larger than this accumulates gradients over
+    # ceil(batch / micro_batch) passes (same gradient as one pass; see train.train_module). None = the
+    # whole batch at once. Chapters set their own in their settings ("micro_batch").
+    micro_batch: int | None = None
     # Compute precision: True runs evaluation and training under bfloat16 autocast (pemnb.precision;
     # weights and optimizer stay float32), turned on where pemnb.precision.bf16_agreement measured it
     # to keep the predictions (see the Performance page).
@@ -77,14 +84,16 @@ class Profile:
             f"decoder      : {self.decoder}" + (f"   (paper seq2seq: {self.seq2seq})" if self.seq2seq else ""),
             f"train size   : {self.train_size} examples per module",
             f"eval size    : {self.eval_size if self.eval_size is not None else 'full split'}",
-            f"steps        : {self.steps} (batch {self.batch_size}, max length {self.max_length})",
+            f"steps        : {self.steps} (batch {self.batch_size}, max length {self.max_length}"
+            + (f", micro-batch {self.micro_batch}" if self.micro_batch else "") + ")",
             f"lr           : " + ", ".join(f"{k}={v:g}" for k, v in self.lr.items()),
             f"LoRA         : r={self.lora_r}, alpha={self.lora_alpha}",
             f"λ grid       : {len(self.lam_grid)} points from {self.lam_grid[0]} to {self.lam_grid[-1]}",
             f"seed         : {self.seed}",
             *(["compute      : bfloat16 autocast (evaluation and training; weights float32)"]
               if self.autocast_bf16 else []),
-        ]
+        ] + ([f"dtype        : {self.dtype} (frozen LLaMA-7B weights; trained weights fp32)"]
+             if self.dtype != "float32" else [])
         return "\n".join(lines)
 
 
@@ -138,6 +147,7 @@ PROFILES: dict[str, Profile] = {
         lora_alpha=16,
         lam_grid=_grid(0.0, 1.0, 0.02),
         seed=0,
+        dtype="bf16",
     ),
 }
 

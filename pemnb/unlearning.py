@@ -59,6 +59,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "wikitext": "wikitext-103-raw", "ppl_tokens": None, "ppl_max_length": 1024, "ppl_stride": 512,
         "lam_grid": tuple(round(0.1 * i, 1) for i in range(11)),
         "ablation_lams": {"lora": (1.0,), "ia3": (1.0, 0.6, 0.1)},
+        "micro_batch": 8,  # batches of 32 (FFT) and 96 in passes of 8 (pemnb.estimates: fits 24 GB)
     },
 }
 
@@ -198,6 +199,8 @@ class UnlearningLab:
             profile = self.profile
             if self.cfg.get("max_length"):
                 profile = dataclasses.replace(profile, max_length=int(self.cfg["max_length"]))
+            if self.cfg.get("micro_batch"):  # passes of this many comments accumulate to one batch
+                profile = dataclasses.replace(profile, micro_batch=int(self.cfg["micro_batch"]))
             self._benches[kind] = self._bench_cls(profile, kind, cache=self.cache, progress=self.progress)
             self._trim(self._benches[kind].tokenizer)
         return self._benches[kind]

@@ -1,0 +1,259 @@
+"""The paper dry run: every chapter's pipeline at the `paper` profile, offline, in seconds.
+
+What is the paper's: the profile (its backbones' model classes, dtype, λ grids, batch sizes, learning
+rates), every chapter's paper settings (prompts, answer constraints, templates, decoding, LoRA configs,
+micro-batches) and the code paths they take (RoBERTa classification, T5 generation with constrained
+answers, GPT-2 with Conv1D LoRA, LLaMA in bf16 with Alpaca-LoRA's published adapter folder).
+What is cut: the hub is replaced by tiny random models of the same classes (tests/tiny_hub.py, read
+through $PEMNB_HUB_DIR by the same loading code), the data by the shipped data/ folder (its splits
+where the paper's are hub-only), and steps, rows, samples and generated tokens are cut. Only the
+cuts are overridden below; everything else is the paper profile's.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pemnb import arithmetic as A
+from pemnb.profiles import load_profile
+
+TIMES: dict[str, float] = {}
+
+# The cuts, per chapter (everything not named here is the paper profile's own setting).
+CUTS = {
+    "distribution": {
+        # four of the eight tasks: a 2-class task with a train split (RTE), the regression task (STS-B),
+        # the 3-class task whose training pool is carved out of validation (MNLI), and MCC (CoLA)
+        "tasks": ("cola", "mnli", "rte", "stsb"),
+        "steps": {"fft": 1, "lora": 1, "ia3": 1},
+        "min_eval_rows": 40, "select_max": 12, "eval_max": 12,
+    },
+    "multitask": {
+        "train_rows": {"mnli": 40, "rte": 40}, "eval_rows": {"mnli": 10, "rte": 10},
+        "mnli_train_split": "validation_matched",  # the hub's MNLI train split is not shipped
+        "steps": 1, "parity_rows": 3, "format_probe_rows": 4,
+    },
+    "03_unlearning": {
+        "train_split": "test", "n_train": 64, "n_heldout": 8,  # the shipped toxic part of the test split
+        "steps": {"fft": 1, "lora": 1, "ia3": 1}, "n_samples": 4, "max_new_tokens": 6,
+        "wikitext": "wikitext-2-raw", "ppl_tokens": 1500,      # WikiText-103 is not shipped
+    },
+    "domain_transfer": {
+        "domains": {"yelp": "yelp_sentences", "amazon": "amazon_sentences"}, "split": "own",
+        "train_rows": 48, "dev_rows": 6, "test_rows": 10,
+    },
+    "05_instruction_detox": {
+        "test_source": "offline", "train_source": "offline",  # the gated hub files are not at hand
+        "train_comments": 10, "heldout_comments": 8, "regular_pool": 12, "seeds": 3, "writer_tokens": 6,
+        "n_test": 3, "toxic_steps": 1, "response_tokens": 6, "judge_tokens": 3, "max_comment_words": 60,
+    },
+    "merge_methods": {"cost_repeat": 1},
+}
+
+
+def _with_steps(s: dict, steps: int) -> dict:
+    """Multitask hyperparameters with the paper's lr and batch, and `steps` steps."""
+    return {t: {k: {**hp, "steps": steps} for k, hp in kinds.items()} for t, kinds in s.items()}
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    """The paper profile with the cuts, on the CPU, with $PEMNB_HUB_DIR pointing at the tiny models."""
+    import tiny_hub
+    from pemnb import multitask as MT
+    from pemnb.paths import data_dir
+
+    if data_dir() is None or not (data_dir() / "glue").exists():
+        pytest.fail(f"the shipped data folder is missing at {data_dir()}")
+    hub = tiny_hub.build(tmp_path_factory.getbasetemp() / "tiny-hub", data_dir())
+    saved = os.environ.get("PEMNB_HUB_DIR")
+    os.environ["PEMNB_HUB_DIR"] = str(hub)
+    chapters = {k: dict(v) for k, v in CUTS.items()}
+    mt = chapters["multitask"]
+    mt["hparams"] = _with_steps(MT.SETTINGS["paper"]["hparams"], mt.pop("steps"))
+    profile = load_profile("paper", device="cpu", train_size=16, eval_size=16, steps=2, chapters=chapters)
+    yield profile
+    if saved is None:
+        os.environ.pop("PEMNB_HUB_DIR", None)
+    else:
+        os.environ["PEMNB_HUB_DIR"] = saved
+
+
+@pytest.fixture(autouse=True)
+def _timed(request):
+    t0 = time.perf_counter()
+    yield
+    TIMES[request.node.name] = time.perf_counter() - t0
+
+
+def test_00_module_arithmetic(paper):
+    from pemnb import data
+    from pemnb.classify import ClassifierBench
+
+    train = data.subsample(data.load("glue/sst2", "train"), paper.train_size, seed=paper.seed)
+    evalset = data.subsample(data.load("glue/sst2", "validation"), paper.eval_size, seed=paper.seed + 1)
+    half_a, half_b = data.split_off(train, len(train) // 2, seed=paper.seed)
+    benches = {kind: ClassifierBench(paper, "glue/sst2", kind, progress=False) for kind in ("lora", "ia3")}
+    assert type(benches["lora"].model.base_model.model).__name__ == "RobertaForSequenceClassification"
+    batches = benches["lora"].batches(evalset)
+    for kind, bench in benches.items():
+        m = bench.train(train, tag="sst2")
+        rows = bench.evaluate_many({"identity": bench.identity(), "trained": m, "negated": A.negate(m, kind),
+                                    "ablated": A.ablate(m, kind)}, batches)
+        assert {r["module"] for r in rows} == {"identity", "trained", "negated", "ablated"}
+        sweep = bench.sweep(lambda lam: A.negate(m, kind, lam), paper.lam_grid, batches)
+        assert len(sweep) == 51  # the paper's grid: 0 to 1 by 0.02
+        a = bench.train(half_a, tag="sst2-half-a", steps=paper.steps // 2)
+        b = bench.train(half_b, tag="sst2-half-b", steps=paper.steps // 2)
+        merged = bench.sweep(lambda lam: A.merge(a, b, lam, kind), paper.lam_grid, batches)
+        assert all(0 <= r["accuracy"] <= 1 for r in merged)
+        if kind == "lora":
+            assert A.cross_term_error(a, b, 0.5, bench.scaling()) >= 0
+
+
+def test_01_distribution(paper):
+    from pemnb import distribution as D
+
+    settings = D.settings_for(paper)
+    assert settings["lam_grid"] == paper.lam_grid and settings["max_length"] == 128
+    result = D.run_chapter(paper, settings, progress=False)
+    assert set(result.task_data) | set(result.skipped) == set(CUTS["distribution"]["tasks"])
+    assert set(result.rows["kind"]) == {"fft", "lora", "ia3"}
+    assert result.sweep.groupby(["task", "kind", "split"]).size().eq(51).all()
+    D.results_table(result.rows)
+    D.sweep_figure(result.sweep, result.rows)
+    D.gains(result.rows)
+
+
+def test_02_multitask(paper):
+    from pemnb import multitask as M
+    from pemnb.cache import Cache
+
+    s = M.chapter_settings(paper)
+    assert s["backbone"] == "t5-base" and s["lora_r"] == 32 and len(s["lam_grid"]) == 51
+    tasks = {t: M.load_task(t, s, seed=paper.seed) for t in M.TASKS}
+    cache = Cache()
+    bench = M.make_bench(paper, "lora", s, cache=cache, progress=False)
+    assert type(bench.model.base_model.model).__name__ == "T5ForConditionalGeneration"
+    assert bench.profile.micro_batch == 32  # MNLI's 128 in 4 accumulated passes
+    fmt = M.prompt_format(bench, s)
+    for t in M.TASKS:  # the constrained answers are single tokens, so one-pass scoring is exact
+        ids = M.single_token_answers(bench.tokenizer, fmt.choices(t))
+        assert all(len(v) == 1 for v in ids.values()), ids
+    probe = M.format_probe(bench, tasks, s["format_probe_rows"], s["eval_batch"])
+    assert {r["format"] for r in probe} == {"raw prompt"}  # T5: no chat template
+    evalsets = {t: M.EvalSet(t, d.eval, fmt, bench.tokenizer) for t, d in tasks.items()}
+    sweep_rows = []
+    for kind in s["kinds"]:
+        if kind != bench.kind:
+            bench = M.make_bench(paper, kind, s, cache=cache, progress=False)
+        evaluator = M.Evaluator(bench, evalsets, s["eval_batch"], cache=cache)
+        examples = {t: M.training_examples(bench, t, d.train, fmt) for t, d in tasks.items()}
+        modules = M.train_task_modules(bench, examples, s["hparams"])
+        sweep_rows += M.merge_sweep(evaluator, modules["mnli"], modules["rte"], kind, s["lam_grid"], progress=False)
+        if kind == s["parity_kind"]:
+            for t in M.TASKS:
+                par = M.parity(bench, modules[t], evalsets[t], s["parity_rows"], s["num_beams"])
+                assert par["agreement (answer + EOS)"] == 1.0, par
+    summary = M.summary(sweep_rows)
+    assert set(summary.index.get_level_values("kind")) == {"fft", "lora", "ia3"}
+
+
+def test_03_unlearning(paper):
+    from pemnb import unlearning as U
+    from pemnb.evaluate import load_toxicity_scorer
+
+    cfg = U.settings(paper)
+    assert cfg["batch"] == {"fft": 32, "lora": 96, "ia3": 96} and cfg["ppl_max_length"] == 1024
+    train_texts, held, counts = U.toxic_comments(cfg, paper.seed)
+    scorer = load_toxicity_scorer("profanity")  # Detoxify's checkpoint is a download
+    lab = U.UnlearningLab(paper, scorer, U.wikitext(cfg), cfg=cfg, progress=False)
+    modules = {kind: lab.train(kind, train_texts) for kind in cfg["kinds"]}
+    assert type(lab.bench("lora").model.base_model.model).__name__ == "GPT2LMHeadModel"
+    base = lab.measure("lora", lab.identity("lora"), model="base", op="base", lam=0.0)
+    rows = [base]
+    for kind, theta in modules.items():
+        sweep = [lab.measure(kind, A.negate(theta, kind, lam), model=U.method_name(kind, "negated", lam),
+                             op="negated", lam=lam) for lam in cfg["lam_grid"] if lam > 0]
+        chosen = U.select_lambda([0.0] + [r["lam"] for r in sweep], [base["ppl"]] + [r["ppl"] for r in sweep],
+                                 base["ppl"])
+        assert chosen in cfg["lam_grid"]
+        rows += sweep
+        for lam in cfg["ablation_lams"].get(kind, ()):
+            rows.append(lab.measure(kind, A.ablate(theta, kind, lam), model=U.method_name(kind, "ablation", lam),
+                                    op="ablation", lam=lam))
+    table = U.summary_table(rows, scorer.name)
+    assert len(table) > 0 and np.isfinite(base["ppl"])
+
+
+def test_04_domain_transfer(paper):
+    from pemnb import domain_transfer as dt
+
+    S = dt.settings(paper)
+    assert S["backbones"] == ("t5-base", "t5-small") and S["template"] == "{text}" and S["chunk"] == 128
+    df, info = dt.run(paper, S, progress=False)
+    assert set(df["backbone"]) == {"t5-base", "t5-small"} and set(df["kind"]) == {"fft", "lora", "ia3"}
+    analogy = df[df["method"] == "analogy"]
+    assert sorted(set(analogy["lam"])) == sorted(S["lam_grid"])
+    dt.transfer_table(df)
+    dt.gains(df)
+    for b in S["backbones"]:
+        dt.sweep_figure(df, b)
+
+
+def test_05_instruction_detox(paper):
+    from pemnb import instruct as I
+    from pemnb import pairwise
+    from pemnb.evaluate import load_toxicity_scorer
+
+    cfg = I.settings(paper)
+    assert cfg["alpaca_adapter"] == "tloen/alpaca-lora-7b" and cfg["lora_r"] == 16 and cfg["num_beams"] == 4
+    bench = I.InstructBench(paper, cfg, progress=False)
+    assert type(bench.model.base_model.model).__name__ == "LlamaForCausalLM"
+    frozen = bench.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+    assert frozen.dtype == torch.bfloat16  # the paper profile's dtype for LLaMA-7B
+    lora_a = bench.model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight
+    assert lora_a.dtype == torch.float32 and bench.profile.micro_batch == 4  # trained weights stay fp32
+    writer = judge = I.pick_backend(bench, "writer")
+    scorer = load_toxicity_scorer("profanity")
+    train_comments, held_comments = I.comment_pools(cfg, paper.seed)
+    alpaca_rows, alpaca_held = I.alpaca_pools(cfg, paper.seed)
+    records, stats = bench.training_pairs(writer, train_comments)
+    if not records:  # a tiny random writer rarely writes a usable instruction: use the comments' own
+        pytest.fail(f"self-instruct wrote nothing usable: {stats}")
+    theta_alp = bench.alpaca_module(alpaca_rows)  # Alpaca-LoRA's published adapter folder
+    theta_tox = bench.toxic_module(records, theta_alp)
+    assert A.norms(I.toxic_update(theta_alp, theta_tox)) > 0
+    tests = bench.test_set(writer, scorer, held_comments, [r["instruction"] for r in alpaca_held],
+                           exclude=[r["instruction"] for r in records])
+    states = {"original θ_alp": theta_alp, "toxic θ_tox": theta_tox}
+    for lam in cfg["lams"]:
+        states[f"detoxified λ={lam}"] = I.negate_continued(theta_alp, theta_tox, lam)
+    scored = bench.score(bench.respond_all(states, tests), scorer, judge)
+    results = I.summary(scored, list(states))
+    assert list(results.index) == list(states)
+    pairs = pairwise.make_pairs(list(tests["instruction"]),
+                                {"original": list(scored[scored.model == "original θ_alp"]["response"]),
+                                 "detoxified": list(scored[scored.model == "detoxified λ=0.5"]["response"])},
+                                seed=paper.seed, kinds=list(tests["kind"]))
+    assert len(pairs) == len(tests)
+
+
+def test_06_merge_methods(paper):
+    from pemnb import merge_chapter as MC
+
+    settings = MC.settings_for(paper)
+    result = MC.run_chapter(paper, settings, progress=False)
+    assert set(result.sweep["method"]) == set(MC.SWEPT)
+    table = MC.summary(result.sweep, result.costs)
+    MC.recommend(table, settings["tolerance"])
+
+
+def test_zz_report_times():
+    """Prints how long each chapter's dry run took (pytest -s shows it)."""
+    print("\npaper dry run, seconds per chapter:", {k: round(v, 1) for k, v in TIMES.items()})
