@@ -300,10 +300,11 @@ def _lora_config_for(model, config, state: Mapping[str, torch.Tensor]) -> None:
              if hasattr(m, "lora_A") and hasattr(m, "scaling") and "default" in getattr(m, "scaling", {})}
     ranks = {t: int(a.shape[0]) for t, (a, _) in lora_pairs(state).items()}
     root = math.sqrt if config.use_rslora else (lambda r: r)
-    alphas = {t: scale[t] * root(r) for t, r in ranks.items()}
+    alphas = {t: (int(a) if float(a).is_integer() else a) for t, a in
+              ((t, scale[t] * root(r)) for t, r in ranks.items())}
     r0 = Counter(ranks.values()).most_common(1)[0][0]
     a0 = Counter(alphas[t] for t in ranks if ranks[t] == r0).most_common(1)[0][0]
-    config.r, config.lora_alpha = r0, (int(a0) if float(a0).is_integer() else a0)
+    config.r, config.lora_alpha = r0, a0
     config.rank_pattern = {t: r for t, r in ranks.items() if r != r0}
     config.alpha_pattern = {t: a for t, a in alphas.items() if a != a0}
 

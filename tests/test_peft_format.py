@@ -186,3 +186,23 @@ def test_peft_round_trip_reports_zero_and_leaves_the_model_as_it_was(kind):
     # the comparison can fail: a base that differs from the model's backbone shows up
     other, _ = load_backbone("smoke-bert", "classification", seed=5, device="cpu")
     assert peft_round_trip(model, composed, other.eval(), inputs) > 1e-3
+
+
+def test_a_state_with_one_layer_of_another_rank_exports_with_rank_and_alpha_patterns(tmp_path):
+    from peft import get_peft_model_state_dict
+
+    model, tok = attached(r=4, alpha=8)
+    theta = trained_like(read_state(model))
+    layer = "bert.encoder.layer.0.attention.self.query"
+    doubled = M.cat([theta, theta], [0.5, 0.5])  # same ΔW as θ, at rank 8
+    mixed = {**theta, **{k: v for k, v in doubled.items() if k.startswith(layer + ".")}}
+    folder = export_peft(model, tmp_path / "mixed", mixed)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (4, 8)
+    assert config["rank_pattern"] == {layer: 8} and config["alpha_pattern"] == {layer: 16}
+    loaded = PeftModel.from_pretrained(base()[0], folder).eval()
+    saved = get_peft_model_state_dict(loaded)
+    assert all(torch.equal(saved[PEFT_PREFIX + k], v) for k, v in mixed.items())
+    write_state(model, theta)
+    torch.testing.assert_close(logits(loaded, tok, "classification"), logits(model, tok, "classification"),
+                               atol=1e-5, rtol=1e-5)  # ½BA + ½BA vs BA: equal up to rounding
