@@ -432,6 +432,9 @@ def load_toxicity_scorer(prefer: str = "auto") -> ToxicityScorer:
         msg = (f"Detoxify could not be loaded ({type(e).__name__}: {str(e)[:120]}). FALLING BACK to "
                "alt-profanity-check: toxicity numbers below are NOT Detoxify scores and are not comparable "
                "with the paper's.")
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        from .plots import in_kernel
+
+        if not in_kernel():  # on a page the banner below says it; a warning would add a temp-file path
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
         print("!" * 100 + "\n" + msg + "\n" + "!" * 100)
         return _profanity()
