@@ -262,6 +262,9 @@ def export_peft(model, folder: str | Path, state: Mapping[str, torch.Tensor] | N
     kind = kind_of(model)
     if kind == "fft":
         raise ValueError("a full fine-tune is not a peft adapter; save it with pemnb.modules.save_finetuned")
+    if state is not None and not isinstance(state, Mapping):
+        raise TypeError(f"expected a module state (a dict of tensors), got {type(state).__name__}; a DenseDelta "
+                        "(TIES, DARE, task_arith) becomes LoRA factors with pemnb.merge_methods.factorise")
     state = read_state(model) if state is None else dict(state)
     check_kind(state, kind)
     params = module_parameters(model)

@@ -137,9 +137,12 @@ def test_a_state_whose_keys_match_nothing_raises_naming_them(tmp_path):
     peft_keys = {PEFT_PREFIX + k: v for k, v in read_state(model).items()}
     with pytest.raises(ValueError, match=r"none of the state's 10 keys.*base_model\.model\.bert.*import_peft"):
         write_state(model, peft_keys)
-    with pytest.raises(ValueError, match="none of the state's"):
+    with pytest.raises(ValueError, match=r"none of the state's 2 keys.*'other\.lora_A\.weight'"):
         export_peft(model, tmp_path / "x", {"other.lora_A.weight": torch.zeros(4, 32),
                                             "other.lora_B.weight": torch.zeros(32, 4)})
+    theta = read_state(model)
+    with pytest.raises(TypeError, match="factorise"):
+        export_peft(model, tmp_path / "y", M.task_arith([theta], [1.0], scaling=2.0))
     partial = dict(read_state(model))
     partial.pop("classifier.bias")
     with pytest.raises(ValueError, match=r"missing \['classifier\.bias'\]"):
