@@ -431,3 +431,17 @@ def hparam_table(s: Mapping[str, Any]) -> "pd.DataFrame":
 
     rows = [{"task": t.upper(), "kind": k, **s["hparams"][t][k]} for t in TASKS for k in KINDS]
     return pd.DataFrame(rows).set_index(["task", "kind"])
+
+
+def sweep_figure(sweep: "pd.DataFrame", zero_shot: Mapping[str, float], *, title: str | None = None):
+    """The paper's Figure 6: accuracy on each task of θ = λθ_MNLI + (1−λ)θ_RTE against λ, one panel per
+    module kind, with the base model's zero-shot accuracy on each task dashed in that task's colour."""
+    import pandas as pd
+
+    from . import plots
+
+    df = sweep.assign(task=sweep["task"].str.upper())
+    refs = pd.DataFrame([{"task": t.upper(), "label": f"base model, zero-shot {t.upper()}", "value": float(v)}
+                         for t, v in zero_shot.items()])
+    return plots.sweep(df, "accuracy", hue="task", col="kind", refs=refs, ylabel="accuracy", ncols=3, title=title)
+

@@ -146,3 +146,16 @@ def test_state_fingerprint_sees_every_value():
     with pytest.raises(ValueError, match="no sweep rows"):
         M.summary([])
     assert np.isclose(M.hparam_table(M.chapter_settings(load_profile("paper"))).loc[("MNLI", "fft"), "lr"], 2e-4)
+
+
+def test_sweep_figure_draws_each_tasks_zero_shot_in_its_colour():
+    import pandas as pd
+
+    sweep = pd.DataFrame([{"lam": l, "task": t, "kind": k, "accuracy": 0.5 + 0.1 * l}
+                          for l in (0.0, 0.5, 1.0) for t in ("mnli", "rte") for k in ("lora", "fft")])
+    fig = M.sweep_figure(sweep, {"mnli": 0.4, "rte": 0.6})
+    ax = fig.axes[0]
+    solid = {ln.get_color() for ln in ax.lines if ln.get_linestyle() == "-"}
+    dashed = {float(ln.get_ydata()[0]): ln.get_color() for ln in ax.lines if ln.get_linestyle() == "--"}
+    assert set(dashed) == {0.4, 0.6} and len(solid) == 2
+    assert dashed[0.4] != dashed[0.6] and set(dashed.values()) == solid
