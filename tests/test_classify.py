@@ -4,8 +4,7 @@ import torch
 from pemnb import arithmetic as A
 from pemnb import data
 from pemnb.cache import Cache
-from pemnb.classify import ClassifierBench, fingerprint, main
-from pemnb.modules import load_module
+from pemnb.classify import ClassifierBench, fingerprint
 from pemnb.profiles import load_profile
 
 
@@ -30,15 +29,6 @@ def test_fingerprint_tracks_the_rows(shared_data):
     ds = data.load("glue/rte", "validation")
     assert fingerprint(ds.select(range(5))) == fingerprint(ds.select(range(5)))
     assert fingerprint(ds.select(range(5))) != fingerprint(ds.select(range(1, 6)))
-
-
-def test_cli_trains_and_saves_a_module(shared_data, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("PEMNB_CACHE_DIR", str(tmp_path / "cache"))
-    out = tmp_path / "rte.safetensors"
-    main(["--profile", "smoke", "--task", "glue/rte", "--kind", "ia3", "--steps", "2", "--save", str(out)])
-    state, kind, meta = load_module(out)
-    assert kind == "ia3" and meta["task"] == "glue/rte" and any(A.role(k) == "ia3_l" for k in state)
-    assert "trained ia3 on glue/rte" in capsys.readouterr().out
 
 
 def test_evaluations_are_cached_by_state_and_data(shared_data, tmp_path, monkeypatch):

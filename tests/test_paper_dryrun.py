@@ -91,7 +91,27 @@ def _timed(request):
     TIMES[request.node.name] = time.perf_counter() - t0
 
 
-def test_00_module_arithmetic(paper):
+@pytest.fixture
+def launched(paper, request, monkeypatch):
+    """Trains the test's chapter with `python -m pemnb.launch`'s function first; then any training in
+    the chapter's own pipeline fails the test: the book must find every module in the cache."""
+    import pemnb.classify
+    import pemnb.generative
+    from pemnb import launch
+
+    chapter = request.node.name.split("_")[1]
+    names = launch.train_chapter(chapter, paper, progress=False)
+    assert names or chapter == "06"
+
+    def no_training(*a, **k):
+        raise AssertionError(f"chapter {chapter} trained a module that pemnb.launch had put in the cache")
+
+    monkeypatch.setattr(pemnb.classify, "train_module", no_training)
+    monkeypatch.setattr(pemnb.generative, "train_module", no_training)
+    return names
+
+
+def test_00_module_arithmetic(paper, launched):
     from pemnb import data
     from pemnb.classify import ClassifierBench
 
@@ -116,7 +136,7 @@ def test_00_module_arithmetic(paper):
             assert A.cross_term_error(a, b, 0.5, bench.scaling()) >= 0
 
 
-def test_01_distribution(paper):
+def test_01_distribution(paper, launched):
     from pemnb import distribution as D
 
     settings = D.settings_for(paper)
@@ -130,7 +150,7 @@ def test_01_distribution(paper):
     D.gains(result.rows)
 
 
-def test_02_multitask(paper):
+def test_02_multitask(paper, launched):
     from pemnb import multitask as M
     from pemnb.cache import Cache
 
@@ -164,7 +184,7 @@ def test_02_multitask(paper):
     assert set(summary.index.get_level_values("kind")) == {"fft", "lora", "ia3"}
 
 
-def test_03_unlearning(paper):
+def test_03_unlearning(paper, launched):
     from pemnb import unlearning as U
     from pemnb.evaluate import load_toxicity_scorer
 
@@ -191,7 +211,7 @@ def test_03_unlearning(paper):
     assert len(table) > 0 and np.isfinite(base["ppl"])
 
 
-def test_04_domain_transfer(paper):
+def test_04_domain_transfer(paper, launched):
     from pemnb import domain_transfer as dt
 
     S = dt.settings(paper)
@@ -206,7 +226,7 @@ def test_04_domain_transfer(paper):
         dt.sweep_figure(df, b)
 
 
-def test_05_instruction_detox(paper):
+def test_05_instruction_detox(paper, launched):
     from pemnb import instruct as I
     from pemnb import pairwise
     from pemnb.evaluate import load_toxicity_scorer
@@ -244,7 +264,7 @@ def test_05_instruction_detox(paper):
     assert len(pairs) == len(tests)
 
 
-def test_06_merge_methods(paper):
+def test_06_merge_methods(paper, launched):
     from pemnb import merge_chapter as MC
 
     settings = MC.settings_for(paper)
