@@ -23,6 +23,24 @@ def median_seconds(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -
     return statistics.median(times)
 
 
+def alternate(sides: dict[str, Callable[[], object]], repeat: int = 3, warmup: int = 1) -> dict[str, float]:
+    """{name: median wall time} of each side, timed the same way: `warmup` untimed runs of every side,
+    then `repeat` rounds in which every side runs once, in turn, so a change in the machine's load
+    during the measurement hits all sides alike."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be at least 1, got {repeat}")
+    for _ in range(warmup):
+        for fn in sides.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeat):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def release_free_memory() -> None:
     """Collect garbage and hand the allocator's free pages back to the OS (glibc ``malloc_trim``), so
     that memory kept from an earlier, larger call does not hide the next call's peak."""

@@ -1,15 +1,28 @@
-"""(1) Time per λ point: pemnb's engine (``pemnb.sweep.sweep`` with ``pemnb.sweep.pair``: compose two
-state dicts, copy the result into the live model with a ``StateWriter``) vs peft's
-``add_weighted_adapter`` + ``set_adapter`` (+ ``delete_adapter``, so adapters do not pile up).
+"""(1) Time per λ point, the evaluation excluded: pemnb's engine vs what a competent peft user writes.
 
-Both sides produce the same rank-r module (peft's ``linear`` combination), checked on logits. The
-evaluation step is EXCLUDED from the headline timing (the engine is timed as a whole ``sweep`` call
-with an evaluation that does nothing, so its set-up and the restore at the end are included, spread
-over the grid). Two more rows: the general path (``merge_methods.compose`` + ``modules.write_state``
-per point, with every check repeated per point), and both sides with the same SST-2 evaluation
-(EvalBatches), to show what the saving is worth in a real sweep.
+Every side composes two LoRA modules with peft's ``linear`` rule at each λ of the grid and puts the
+result into a live model; all sides give the same model (checked on logits). Set-up is inside the timed
+part on the pemnb side (``pair()`` and the ``StateWriter`` are built by every timed call and spread
+over the grid); the peft sides keep one live adapter and the modules in peft's key layout, prepared
+once outside the timing, as a user would have them. The sides:
+
+- engine: ``pemnb.sweep.sweep`` with ``pair("linear", θ₁, θ₂)`` (checks once per sweep, batched
+  ``_foreach`` arithmetic, one batched copy into the parameters with ``write_state``'s checks);
+- ``load_state_dict``: the composed tensors (a dict comprehension over peft's keys) loaded into the one
+  live adapter with ``model.load_state_dict(composed, strict=False)``;
+- ``set_peft_model_state_dict``: the same through peft's loader (keys without the adapter name);
+- ``add_weighted_adapter``: peft's own composition, a new adapter per λ (+ ``set_adapter``, and
+  ``delete_adapter`` so adapters do not pile up);
+- unchecked ``copy_`` loop: the composed tensors copied into parameters looked up once, no checks — the
+  floor, to show what the engine's checks cost;
+- general path: ``merge_methods.compose`` + ``modules.write_state`` per point (every check per point).
+
+Row (1b) adds the same SST-2 evaluation to the engine and the ``load_state_dict`` side.
 """
 from __future__ import annotations
+
+import functools
+import math
 
 import numpy as np
 import torch
@@ -17,10 +30,10 @@ import torch
 from pemnb import data, merge_methods as M
 from pemnb import sweep as SW
 from pemnb.backbones import load_backbone
-from pemnb.evaluate import EvalBatches
+from pemnb.evaluate import EvalBatches, classify
 from pemnb.modules import attach, canonical_key, read_state, write_state
 
-from .common import median_seconds, peak_rss_mib
+from .common import alternate, peak_rss_mib
 
 BACKBONE, R, ALPHA = "minilm-l6", 8, 16
 
@@ -33,85 +46,121 @@ def _random_states(model, seeds=(1, 2)):
     return states
 
 
-def _peft_model(states):
+def _peft_model(states, names):
+    """A peft model with one adapter per state (LoRA r, α on query/value), factors copied in."""
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
 
     model, _ = load_backbone(BACKBONE, "classification", 2, seed=0, device="cpu")
     cfg = LoraConfig(r=R, lora_alpha=ALPHA, target_modules=["query", "value"])
-    model = get_peft_model(model, cfg, adapter_name="m1")
-    model.add_adapter("m2", cfg)
+    model = get_peft_model(model, cfg, adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, cfg)
     with torch.no_grad():
-        for name, layer in model.named_modules():
+        for layer_name, layer in model.named_modules():
             if isinstance(layer, LoraLayer):
-                t = canonical_key(name)
-                for adapter, state in zip(("m1", "m2"), states):
+                t = canonical_key(layer_name)
+                for adapter, state in zip(names, states):
                     layer.lora_A[adapter].weight.copy_(state[f"{t}.lora_A.weight"])
                     layer.lora_B[adapter].weight.copy_(state[f"{t}.lora_B.weight"])
     model.eval()
     return model
 
 
-def run(n_eval: int = 64, grid_points: int = 11, repeat: int = 3) -> dict:
+def _linear_coefficients(keys, w):
+    """peft's ``linear`` split of weight w over a key's factor: sign(w)√|w| on A, √|w| on B."""
+    root = math.sqrt(abs(w))
+    return [math.copysign(root, w) if ".lora_A." in k else root for k in keys]
+
+
+def run(n_eval: int = 64, grid_points: int = 11, repeat: int = 5, repeat_eval: int = 3) -> dict:
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
     torch.manual_seed(0)
     base, tok = load_backbone(BACKBONE, "classification", 2, seed=0, device="cpu")
     engine = attach(base, "lora", r=R, alpha=ALPHA, init_seed=0, with_head=False)
     engine.eval()
     s1, s2 = _random_states(engine)
-    peft_model = _peft_model([s1, s2])
     grid = np.linspace(0, 1, grid_points).round(6).tolist()
-
     ds = data.subsample(data.load("glue/sst2", "validation"), n_eval, seed=0)
     batches = EvalBatches(data.tokenize_classification(ds, "glue/sst2", tok, 128), tok.pad_token_id, 64)
+    evaluate = functools.partial(classify, batches=batches, task="glue/sst2")
 
-    writer = SW.StateWriter(engine)  # built once per model, like peft's adapters below
+    # --- the peft user's side: one live adapter, the two modules in peft's key layout (prepared once)
+    live = _peft_model([s1], ["default"])
+    lora_params = {n: p for n, p in live.named_parameters() if ".lora_" in n}
+    peft_key = {canonical_key(n.replace(".default", "")): n for n in lora_params}   # canonical → live name
+    keys = [peft_key[k] for k in s1]
+    first, second = [s1[k] for k in s1], [s2[k] for k in s1]
+    saved_keys = list(get_peft_model_state_dict(live))            # keys without the adapter name
+    saved_of = {n.replace(".default", ""): n for n in keys}
+    saved_order = [keys.index(saved_of[k]) for k in saved_keys]
+    weighted = _peft_model([s1, s2], ["m1", "m2"])
+    params_in_order = [lora_params[k] for k in keys]
 
-    def engine_sweep(method="linear", evaluate=None):
-        compose = SW.pair(method, s1, s2)
-        return lambda: SW.sweep(engine, compose, grid, evaluate or (lambda m: {}), progress=False, writer=writer)
+    def composed(lam):  # what a user writes: peft's linear rule as a dict comprehension
+        c1, c2 = _linear_coefficients(keys, lam), _linear_coefficients(keys, 1 - lam)
+        return [a * x + b * y for a, x, b, y in zip(c1, first, c2, second)]
 
-    def general_point(lam):
+    def point_load_state_dict(lam):
+        live.load_state_dict(dict(zip(keys, composed(lam))), strict=False)
+
+    def point_set_peft(lam):
+        values = composed(lam)
+        set_peft_model_state_dict(live, {k: values[i] for k, i in zip(saved_keys, saved_order)})
+
+    @torch.no_grad()
+    def point_copy(lam):
+        for p, v in zip(params_in_order, composed(lam)):
+            p.copy_(v)
+
+    def point_weighted(lam):
+        weighted.add_weighted_adapter(["m1", "m2"], [lam, 1 - lam], "mix", combination_type="linear")
+        weighted.set_adapter("mix")
+        weighted.set_adapter("m1")
+        weighted.delete_adapter("mix")
+
+    def point_general(lam):
         write_state(engine, M.compose("linear", [s1, s2], [lam, 1 - lam]))
 
-    def peft_point(lam, evaluate=False):
-        peft_model.add_weighted_adapter(["m1", "m2"], [lam, 1 - lam], "mix", combination_type="linear")
-        peft_model.set_adapter("mix")
-        if evaluate:
-            batches.logits(peft_model)
-        peft_model.set_adapter("m1")
-        peft_model.delete_adapter("mix")
+    def engine_sweep(ev=None):
+        return SW.sweep(engine, SW.pair("linear", s1, s2), grid, ev or (lambda m: {}), progress=False)
 
-    # Same module on both sides: compare logits at one λ.
+    def loop(point):
+        return lambda: [point(lam) for lam in grid]
+
+    def loop_eval(point, model):
+        return lambda: [(point(lam), evaluate(model)) for lam in grid]
+
+    # --- checks: every side gives the engine's model (logits at λ = 0.3), pair = compose bit for bit
     SW.StateWriter(engine)(SW.pair("linear", s1, s2)(0.3))
-    peft_model.add_weighted_adapter(["m1", "m2"], [0.3, 0.7], "mix", combination_type="linear")
-    peft_model.set_adapter("mix")
-    max_diff = float(np.abs(batches.logits(engine) - batches.logits(peft_model)).max())
-    peft_model.set_adapter("m1")
-    peft_model.delete_adapter("mix")
-    # pair() is the pure functions, batched: same tensors bit for bit.
+    want = batches.logits(engine)
+    diffs = {}
+    for name, point in (("load_state_dict", point_load_state_dict), ("set_peft_model_state_dict", point_set_peft),
+                        ("copy_loop", point_copy)):
+        point(0.3)
+        diffs[name] = float(np.abs(batches.logits(live) - want).max())
+    weighted.add_weighted_adapter(["m1", "m2"], [0.3, 0.7], "mix", combination_type="linear")
+    weighted.set_adapter("mix")
+    diffs["add_weighted_adapter"] = float(np.abs(batches.logits(weighted) - want).max())
+    weighted.set_adapter("m1")
+    weighted.delete_adapter("mix")
     same_bits = all(torch.equal(SW.pair(m, s1, s2)(lam)[k], M.compose(m, [s1, s2], [lam, 1 - lam])[k])
                     for m in ("linear", "paper") for lam in grid for k in s1)
 
-    def loop(point, **kw):
-        return lambda: [point(lam, **kw) for lam in grid]
-
-    t_engine = median_seconds(engine_sweep(), repeat) / len(grid)
-    t_engine_paper = median_seconds(engine_sweep("paper"), repeat) / len(grid)
-    t_general = median_seconds(loop(general_point), repeat) / len(grid)
-    t_peft = median_seconds(loop(peft_point), repeat) / len(grid)
-    t_engine_eval = median_seconds(engine_sweep(evaluate=lambda m: {"n": len(batches.logits(m))}), 1) / len(grid)
-    t_peft_eval = median_seconds(loop(peft_point, evaluate=True), 1) / len(grid)
-    mem_engine = peak_rss_mib(engine_sweep())
-    mem_peft = peak_rss_mib(loop(peft_point))
+    t = alternate({"engine": engine_sweep, "load_state_dict": loop(point_load_state_dict),
+                   "set_peft_model_state_dict": loop(point_set_peft), "add_weighted_adapter": loop(point_weighted),
+                   "copy_loop": loop(point_copy), "general": loop(point_general)}, repeat)
+    t = {k: v / len(grid) for k, v in t.items()}
+    te = alternate({"engine": lambda: engine_sweep(evaluate),
+                    "load_state_dict": loop_eval(point_load_state_dict, live)}, repeat_eval)
+    te = {k: v / len(grid) for k, v in te.items()}
     return {
-        "backbone": BACKBONE, "lora": f"r={R}, alpha={ALPHA}, query+value", "grid_points": len(grid),
-        "repeat": repeat, "n_eval": n_eval, "max_abs_logit_diff": max_diff,
-        "engine_s_per_point": t_engine, "engine_paper_s_per_point": t_engine_paper,
-        "general_s_per_point": t_general, "ratio_general": t_peft / t_general, "pair_equals_compose": same_bits,
-        "peft_s_per_point": t_peft, "ratio": t_peft / t_engine,
-        "engine_with_eval_s": t_engine_eval, "peft_with_eval_s": t_peft_eval,
-        "ratio_with_eval": t_peft_eval / t_engine_eval,
-        "engine_peak_mib": mem_engine, "peft_peak_mib": mem_peft,
+        "backbone": BACKBONE, "lora": f"r={R}, alpha={ALPHA}, query+value", "tensors": len(s1),
+        "parameters": int(sum(v.numel() for v in s1.values())), "grid_points": len(grid), "repeat": repeat,
+        "repeat_eval": repeat_eval, "n_eval": n_eval, "max_abs_logit_diff": diffs, "pair_equals_compose": same_bits,
+        "s_per_point": t, "s_per_point_with_eval": te,
+        "engine_peak_mib": peak_rss_mib(engine_sweep), "load_state_dict_peak_mib": peak_rss_mib(loop(point_load_state_dict)),
     }
 
 
