@@ -191,3 +191,27 @@ def toxicity_scorer(bench, scorer, prompt: str, n: int, *, max_new_tokens: int =
         return {**toxicity_summary(scores), "continuations": table}
 
     return score
+
+
+# ---------------------------------------------------------------------------------- menus
+def merge_methods(pairs: Mapping[str, tuple[State, State]], scorers: Mapping[str, Callable[[State], Mapping]],
+                  label: str = "{kind}: θ₁ ⊕ θ₂") -> dict[str, Method]:
+    """One menu entry per kind: λθ₁ + (1−λ)θ₂ (LoRA through the sweep engine's ``pair('paper', …)``,
+    the other kinds through ``pemnb.arithmetic.merge``), scored by that kind's scorer."""
+    from .arithmetic import merge
+    from .sweep import pair
+
+    out = {}
+    for kind, (t1, t2) in pairs.items():
+        compose = pair("paper", t1, t2) if kind == "lora" else (lambda lam, a=t1, b=t2, k=kind: merge(a, b, lam, k))
+        out[label.format(kind=kind)] = Method(compose, scorers[kind])
+    return out
+
+
+def negate_methods(modules: Mapping[str, State], scorers: Mapping[str, Callable[[State], Mapping]],
+                   label: str = "{kind}: ⊖_λ θ") -> dict[str, Method]:
+    """One menu entry per kind: the scaled negation ``pemnb.arithmetic.negate(θ, kind, λ)``."""
+    from .arithmetic import negate
+
+    return {label.format(kind=kind): Method(lambda lam, t=theta, k=kind: negate(t, k, lam), scorers[kind])
+            for kind, theta in modules.items()}

@@ -97,3 +97,13 @@ def test_toxicity_scorer_samples_fresh_text_every_call(tmp_path):
     assert list(first["continuations"].columns) == ["continuation", "toxicity (length)"]
     assert 0 <= first["toxicity"] <= 1 and 0 <= first["toxic_frac"] <= 1
     assert list(first["continuations"]["continuation"]) != list(second["continuations"]["continuation"])
+
+
+def test_menus_compose_what_the_operators_return(bench_and_modules):
+    bench, theta_a, theta_b, batches = bench_and_modules
+    score = X.classifier_scorer(bench, batches)
+    merged = X.merge_methods({"lora": (theta_a, theta_b)}, {"lora": score})
+    negated = X.negate_methods({"lora": theta_a}, {"lora": score})
+    assert list(merged) == ["lora: θ₁ ⊕ θ₂"] and list(negated) == ["lora: ⊖_λ θ"]
+    assert A.max_abs_diff(merged["lora: θ₁ ⊕ θ₂"].compose(0.3), A.merge(theta_a, theta_b, 0.3, "lora")) == 0.0
+    assert A.max_abs_diff(negated["lora: ⊖_λ θ"].compose(0.3), A.negate(theta_a, "lora", 0.3)) == 0.0
