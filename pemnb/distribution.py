@@ -462,7 +462,7 @@ def gains(rows: pd.DataFrame, merged: str = "merged, λ selected") -> pd.DataFra
                          "merged − fullset": piv[merged] - piv["fullset"]})
 
 
-def sweep_figure(sweep: pd.DataFrame, rows: pd.DataFrame, *, split: str = "eval", ncols: int = 4):
+def sweep_figure(sweep: pd.DataFrame, rows: pd.DataFrame, *, split: str = "eval", ncols: int = 3):
     """The paper's Figure 5: per task, the merged module's score against λ for each kind (solid), with
     the fullset module of the same kind as a dashed line. λ = 1 is s0 and λ = 0 is s1."""
     from . import plots

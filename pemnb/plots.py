@@ -113,6 +113,9 @@ def sweep(df: pd.DataFrame, y: str, *, x: str = "lam", hue: str | None = None, c
         g.set_titles("{col_name}")
     if handles:
         g.add_legend(legend_data=handles, title=hue or "")
+        if col and min(ncols, len(panels)) >= 3:  # a wide grid keeps the page's width for its panels
+            sns.move_legend(g, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 4),
+                            title=None, frameon=False)
     if title:
         g.figure.suptitle(title, y=1.02)
     return show(g.figure)
