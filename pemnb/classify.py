@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from . import arithmetic, data
+from . import arithmetic, data, precision
 from .backbones import frozen_dtype, get_backbone, load_backbone
 from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .evaluate import EvalBatches, classify
@@ -63,6 +63,8 @@ class ClassifierBench(WritesInPlace):
         self.model = attach(model, kind, r=profile.lora_r, alpha=profile.lora_alpha, init_seed=profile.seed)
         # The shared initialisation every module of this bench starts from (same LoRA A, same head).
         self.init_state = read_state(self.model)
+        # bfloat16 autocast for evaluation and training: the profile's choice on this hardware.
+        self.autocast_bf16 = precision.resolve(profile.autocast_bf16, next(self.model.parameters()).device)
 
     # ------------------------------------------------------------------------------------ data
     def examples(self, ds) -> list[dict]:
@@ -73,7 +75,7 @@ class ClassifierBench(WritesInPlace):
 
         They carry a `cache_key` (the rows' fingerprint), so evaluations on them are cached."""
         device = next(self.model.parameters()).device
-        bf16 = self.profile.autocast_bf16
+        bf16 = self.autocast_bf16
         batches = EvalBatches(self.examples(ds), self.tokenizer.pad_token_id, batch_size, device, autocast_bf16=bf16)
         batches.cache_key = {"data": fingerprint(ds), "n": len(ds), "max_length": self.profile.max_length,
                              **({"autocast_bf16": True} if bf16 else {})}
@@ -86,7 +88,7 @@ class ClassifierBench(WritesInPlace):
                 "encoder": p.encoder, "max_length": p.max_length, "lora_r": p.lora_r,
                 "lora_alpha": p.lora_alpha, "init_seed": p.seed, "seed": seed, "steps": steps, "lr": lr,
                 "batch_size": p.batch_size, "data": fingerprint(ds), "n": len(ds),
-                **({"autocast_bf16": True} if p.autocast_bf16 else {})}  # in the key only when on
+                **({"autocast_bf16": True} if self.autocast_bf16 else {})}  # in the key only when on
 
     def train(self, ds, *, tag: str, seed: int | None = None, steps: int | None = None,
               lr: float | None = None, weight_decay: float = 0.0) -> dict[str, torch.Tensor]:
@@ -107,7 +109,7 @@ class ClassifierBench(WritesInPlace):
         result = train_module(self.model, self.examples(ds), steps=steps, lr=lr, batch_size=p.batch_size,
                               seed=seed, pad_token_id=self.tokenizer.pad_token_id, weight_decay=weight_decay,
                               checkpoint_dir=self.cache.scratch(parts), desc=f"{self.kind} {tag}",
-                              autocast_bf16=p.autocast_bf16, progress=self.progress, micro_batch_size=p.micro_batch)
+                              autocast_bf16=self.autocast_bf16, progress=self.progress, micro_batch_size=p.micro_batch)
         state = read_state(self.model)
         self.forget_writer()  # training may have replaced parameter objects: look them up again
         if is_main_process():  # under `accelerate launch` every rank holds the same module; one writes it
