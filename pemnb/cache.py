@@ -1,7 +1,9 @@
 """A content-addressed cache of trained modules and results.
 
 An entry's key is the SHA-256 of everything that determines it (profile, config, data, seed) plus the
-source code of the pemnb modules that compute it, so editing that code invalidates old entries. Entries
+code that computes it (:func:`code_version`: named modules or single methods, without the functions
+marked :func:`presentation`), so editing a computation invalidates old entries and restyling a figure or
+a table does not. Entries
 are written to a temporary folder and renamed into place (atomic); every read checks the payload's
 checksum, and a corrupt entry is reported, deleted and recomputed, never silently used.
 
@@ -12,7 +14,10 @@ entry when it is valid.
 """
 from __future__ import annotations
 
+import ast
+import copy
 import errno
+import functools
 import hashlib
 import importlib
 import json
@@ -31,18 +36,68 @@ from . import __version__
 from .modules import load_module, save_module
 from .paths import cache_root
 
-# The modules whose code decides what a trained module is.
+# The modules whose code decides what a trained module is (a bench adds the method that trains).
 TRAINING_CODE = ("pemnb.profiles", "pemnb.backbones", "pemnb.modules", "pemnb.data", "pemnb.train")
 
 
-def code_version(modules: Iterable[str] = TRAINING_CODE) -> str:
-    """Hash of the source files of the given pemnb modules (and the package version)."""
+def presentation(fn):
+    """Mark a function that only draws or tabulates results. Cache keys leave its code out, so
+    restyling a figure or a table never throws away a trained module or a computed result."""
+    fn.__pemnb_presentation__ = True
+    return fn
+
+
+def code_version(parts: Iterable[str] = TRAINING_CODE) -> str:
+    """Hash of the code that computes an entry (and the package version).
+
+    Each part names a pemnb module (``"pemnb.train"``) or one class or function in it
+    (``"pemnb.classify:ClassifierBench.train"``). A module counts without its :func:`presentation`
+    functions, and only its syntax counts: comments, docstrings and layout never change a key.
+    """
     h = hashlib.sha256(__version__.encode())
-    for name in sorted(set(modules)):
-        mod = importlib.import_module(name)
-        h.update(name.encode())
-        h.update(Path(mod.__file__).read_bytes())
+    for part in sorted(set(parts)):
+        h.update(part.encode())
+        h.update(_code_of(part).encode())
     return h.hexdigest()[:16]
+
+
+def _code_of(part: str) -> str:
+    module, _, qualname = part.partition(":")
+    path = Path(importlib.import_module(module).__file__)
+    return _parsed_code(path, path.stat().st_mtime_ns, qualname, part)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_code(path: Path, mtime_ns: int, qualname: str, part: str) -> str:
+    # keyed on the file's mtime: every cache key asks, and parsing once per edit is enough
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    node: ast.AST = tree
+    for name in filter(None, qualname.split(".")):
+        found = [n for n in getattr(node, "body", [])
+                 if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name]
+        if not found:
+            raise ValueError(f"{part!r}: {path.name} has no {qualname!r}")
+        node = found[0]
+    return ast.dump(_without_presentation_and_docstrings(node))
+
+
+def _without_presentation_and_docstrings(node: ast.AST) -> ast.AST:
+    node = copy.deepcopy(node)
+    for n in ast.walk(node):
+        body = getattr(n, "body", None)
+        if not isinstance(body, list):
+            continue
+        body[:] = [b for b in body if not _is_presentation(b)]
+        if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            body[:] = body[1:] or [ast.Pass()]
+    return node
+
+
+def _is_presentation(node: ast.AST) -> bool:
+    decorators = getattr(node, "decorator_list", [])
+    return any((isinstance(d, ast.Name) and d.id == "presentation")
+               or (isinstance(d, ast.Attribute) and d.attr == "presentation") for d in decorators)
 
 
 def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:

@@ -14,7 +14,7 @@ import torch
 
 from . import arithmetic, data, precision
 from .backbones import frozen_dtype, get_backbone, load_backbone
-from .cache import TRAINING_CODE, Cache, state_fingerprint
+from .cache import TRAINING_CODE, Cache, code_version, state_fingerprint
 from .evaluate import EvalBatches, classify
 from .modules import attach, read_state, write_state, lora_scaling
 from .profiles import Profile
@@ -42,6 +42,9 @@ def fingerprint(ds) -> str:
     for row in ds:
         h.update(json.dumps(row, sort_keys=True, default=str).encode())
     return h.hexdigest()[:20]
+
+
+TRAIN_METHOD = "pemnb.classify:ClassifierBench.train"  # training code outside TRAINING_CODE's modules
 
 
 class ClassifierBench(WritesInPlace):
@@ -88,6 +91,7 @@ class ClassifierBench(WritesInPlace):
                 "encoder": p.encoder, "max_length": p.max_length, "lora_r": p.lora_r,
                 "lora_alpha": p.lora_alpha, "init_seed": p.seed, "seed": seed, "steps": steps, "lr": lr,
                 "batch_size": p.batch_size, "data": fingerprint(ds), "n": len(ds),
+                "code": code_version((TRAIN_METHOD,)),  # the method that calls the loop (the cache adds the loop)
                 **({"autocast_bf16": True} if self.autocast_bf16 else {})}  # in the key only when on
 
     def train(self, ds, *, tag: str, seed: int | None = None, steps: int | None = None,

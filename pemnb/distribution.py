@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import arithmetic, data
-from .cache import TRAINING_CODE, Cache
+from .cache import TRAINING_CODE, Cache, presentation
 from .evaluate import METRICS, headline_metric
 from .profiles import Profile
 
@@ -440,6 +440,7 @@ def _run_chapter(profile: Profile, settings: dict, cache: Cache, progress: bool)
 MODULE_ORDER = ("fullset", "s0", "s1", "merged λ=0.5", "merged, λ selected", "merged, λ tuned on eval (paper)")
 
 
+@presentation
 def results_table(rows: pd.DataFrame, kinds: Sequence[str] = KIND_ORDER) -> pd.DataFrame:
     """The paper's main distribution-generalization layout: rows kind × module, columns tasks + avg
     (headline metric per task, in %)."""
@@ -454,6 +455,7 @@ def results_table(rows: pd.DataFrame, kinds: Sequence[str] = KIND_ORDER) -> pd.D
     return (table * 100).round(1)
 
 
+@presentation
 def gains(rows: pd.DataFrame, merged: str = "merged, λ selected") -> pd.DataFrame:
     """Per task × kind: merged score minus the better single-subset module and minus the fullset."""
     piv = rows.pivot_table(index=["task", "kind"], columns="module", values="score")
@@ -462,6 +464,7 @@ def gains(rows: pd.DataFrame, merged: str = "merged, λ selected") -> pd.DataFra
                          "merged − fullset": piv[merged] - piv["fullset"]})
 
 
+@presentation
 def sweep_figure(sweep: pd.DataFrame, rows: pd.DataFrame, *, split: str = "eval", ncols: int = 3):
     """The paper's Figure 5: per task, the merged module's score against λ for each kind (solid), with
     the fullset module of the same kind as a dashed line. λ = 1 is s0 and λ = 0 is s1."""
@@ -483,6 +486,7 @@ def sweep_figure(sweep: pd.DataFrame, rows: pd.DataFrame, *, split: str = "eval"
                        ylabel="score × 100", xlabel="λ  (1 = s0, 0 = s1)", sharey=False)
 
 
+@presentation
 def merge_effects(rows: pd.DataFrame, merged: str = "merged, λ selected") -> pd.DataFrame:
     """Per task, averaged over kinds: merged − better single module and merged − fullset (score units),
     sorted from where merging helps most to where it helps least."""

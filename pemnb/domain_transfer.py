@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from . import arithmetic, data
-from .cache import TRAINING_CODE, Cache
+from .cache import TRAINING_CODE, Cache, presentation
 from .generative import DecoderBench, chunk_pairs, pair_examples, prompt_answer_examples
 from .profiles import Profile
 
@@ -342,6 +342,7 @@ def pick_lambda(df: pd.DataFrame, column: str = "dev_accuracy") -> pd.DataFrame:
     return a.loc[idx.values]
 
 
+@presentation
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Long table: one row per (backbone, direction, kind, method) with test accuracy and the λ used.
     The zero-shot row (the backbone alone, the same for every kind) gets kind "none"."""
@@ -354,6 +355,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return out.drop_duplicates(subset=keys + ["method"]).reset_index(drop=True)
 
 
+@presentation
 def transfer_table(df: pd.DataFrame, methods: Sequence[str] = METHODS) -> pd.DataFrame:
     """The paper's domain-transfer table: rows (kind, method), columns (backbone, direction), test accuracy.
     The first row is the backbone alone (zero-shot); then per kind source cls / analogy / ceiling."""
@@ -370,6 +372,7 @@ def chosen_lambdas(df: pd.DataFrame) -> pd.DataFrame:
     return pick_lambda(df).pivot_table(index="kind", columns=["backbone", "direction"], values="lam", sort=False)
 
 
+@presentation
 def gains(df: pd.DataFrame) -> pd.DataFrame:
     """Per (backbone, direction, kind): zero-shot, source cls, analogy (λ on dev), ceiling, the gain of
     the analogy over the source classifier, and that gain as a share of the gap to the ceiling."""
@@ -386,6 +389,7 @@ def gains(df: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+@presentation
 def sweep_figure(df: pd.DataFrame, backbone: str, *, title: str | None = None):
     """Figure 7 of the paper for one backbone: target-domain test accuracy against λ, one panel per
     (direction, kind), with the target classifier (ceiling) and the identity (zero-shot) as lines.

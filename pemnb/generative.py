@@ -12,7 +12,7 @@ import torch
 
 from . import arithmetic
 from .backbones import frozen_dtype, get_backbone, load_backbone
-from .cache import Cache
+from .cache import Cache, code_version
 from .classify import is_main_process, use_one_thread_for_tiny_models
 from .evaluate import perplexity, sample, score_choices
 from .modules import attach, lora_scaling, read_state, write_state
@@ -96,6 +96,9 @@ def fingerprint_examples(examples: Sequence[Mapping]) -> str:
     return h.hexdigest()[:20]
 
 
+TRAIN_METHOD = "pemnb.generative:DecoderBench.train"  # training code outside TRAINING_CODE's modules
+
+
 class DecoderBench(WritesInPlace):
     """One generative backbone (decoder-only, or T5) with one module attached."""
 
@@ -135,6 +138,7 @@ class DecoderBench(WritesInPlace):
                  "r": self.r, "alpha": self.alpha, "init_seed": p.seed, "seed": seed, "steps": steps, "lr": lr,
                  "batch_size": batch_size, "data": fingerprint_examples(examples), "n": len(examples),
                  "start": fingerprint_examples([{k: v.tolist() for k, v in sorted(start.items())}]) if start else None,
+                 "code": code_version((TRAIN_METHOD,)),  # the method that calls the loop (the cache adds the loop)
                  **(extra_key or {})}
         if weight_decay:  # only in the key when used, so earlier modules stay valid
             parts["weight_decay"] = weight_decay

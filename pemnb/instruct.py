@@ -26,7 +26,7 @@ import torch
 
 from . import arithmetic
 from .backbones import frozen_dtype, hub_source, load_backbone
-from .cache import TRAINING_CODE, Cache, state_fingerprint
+from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
 from .generative import DecoderBench, prompt_answer_examples
 from .judge import LocalChat, generate_texts, write_fewshot_instructions, write_seed_instructions
 from .modules import attach, canonical_key, read_state
@@ -541,6 +541,7 @@ def summary(scored: pd.DataFrame, order: Sequence[str] | None = None) -> pd.Data
     return table
 
 
+@presentation
 def examples_table(scored: pd.DataFrame, models: Sequence[str], instructions: Sequence[str], width: int = 220) -> pd.DataFrame:
     """Table 12's layout: for each instruction, each model's response with its toxicity and helpfulness."""
     rows = []
@@ -558,6 +559,7 @@ def examples_table(scored: pd.DataFrame, models: Sequence[str], instructions: Se
 
 
 # ------------------------------------------------------------------------------------------- figure 8
+@presentation
 def plot_pipeline(writer: str = "GPT-4 seeds → ChatGPT few-shot", judge: str = "GPT-4",
                   base: str = "Alpaca-LoRA (LLaMA-7B)", scorer: str = "Detoxify"):
     """The paper's Figure 8 as boxes and arrows: training data, continued training, negation, testing."""

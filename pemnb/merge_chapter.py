@@ -28,7 +28,7 @@ import torch
 
 from . import arithmetic as A
 from . import merge_methods as MM
-from .cache import TRAINING_CODE, Cache, state_fingerprint
+from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
 from .profiles import Profile
 
 CHAPTER = "merge_methods"
@@ -462,6 +462,7 @@ def recommend(table: pd.DataFrame, tolerance: float, by: str = "score at λ=0.5"
 
 
 # ------------------------------------------------------------------------------------------ figures
+@presentation
 def accuracy_figure(sweep: pd.DataFrame, ncols: int = 4):
     """Score against λ, one panel per scenario, one line per method."""
     from . import plots
@@ -471,6 +472,7 @@ def accuracy_figure(sweep: pd.DataFrame, ncols: int = 4):
                        title="each composition method against λ")
 
 
+@presentation
 def error_figure(errors: pd.DataFrame, ncols: int = 4):
     """Relative ΔW error against λ, one panel per scenario, one line per method (log scale)."""
     from . import plots
@@ -481,6 +483,7 @@ def error_figure(errors: pd.DataFrame, ncols: int = 4):
                        ylabel="‖ΔW − exact‖ / ‖exact‖", title="how far each method's ΔW is from λΔW₁ + (1−λ)ΔW₂")
 
 
+@presentation
 def cost_figure(table: pd.DataFrame):
     """Compose and apply time per method (ms, log scale) beside the composed module's size (MiB), coloured
     by whether it fits the live rank-r adapter."""

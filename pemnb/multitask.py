@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import arithmetic, data
-from .cache import TRAINING_CODE, Cache, state_fingerprint
+from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
 from .evaluate import constrained_generate, constrained_scores, score_choices
 from .profiles import Profile, _grid
 
@@ -425,6 +425,7 @@ def best_merge(sweep_rows: Sequence[Mapping], kind: str) -> dict[str, float]:
     return {"lam": lam, **{k: float(v) for k, v in wide.loc[lam].items()}}
 
 
+@presentation
 def hparam_table(s: Mapping[str, Any]) -> "pd.DataFrame":
     """Learning rate / steps / batch per task and kind at these settings (for the provenance)."""
     import pandas as pd
@@ -433,6 +434,7 @@ def hparam_table(s: Mapping[str, Any]) -> "pd.DataFrame":
     return pd.DataFrame(rows).set_index(["task", "kind"])
 
 
+@presentation
 def sweep_figure(sweep: "pd.DataFrame", zero_shot: Mapping[str, float], *, title: str | None = None):
     """The paper's Figure 6: accuracy on each task of θ = λθ_MNLI + (1−λ)θ_RTE against λ, one panel per
     module kind, with the base model's zero-shot accuracy on each task dashed in that task's colour."""

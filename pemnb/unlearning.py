@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from . import data
-from .cache import TRAINING_CODE, Cache, state_fingerprint
+from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
 from .profiles import Profile
 
 CHAPTER = "03_unlearning"
@@ -26,9 +26,6 @@ TOXIC_THRESHOLD = 0.8      # Civil Comments rows kept for training: toxicity > 0
 TOXIC_GENERATION = 0.5     # a generation counts as toxic when its score is > 0.5
 PPL_TOLERANCE = 0.5        # λ rule: the largest λ whose perplexity is within 0.5 of the base model
 KIND_NAMES = {"fft": "FFT", "lora": "LoRA", "ia3": "(IA)³"}
-# Bump when what a measurement computes changes (its result cache keys on this, not on this file's
-# source, so that editing a table function does not throw away an hour of sampling).
-MEASURE_VERSION = 1
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -189,8 +186,10 @@ class UnlearningLab:
         self.text_sha = hashlib.sha256(text.encode()).hexdigest()[:20]
         self.text, self._full_text = text, text
         self.cache = cache if cache is not None else Cache()
+        # Measurements key on the code that makes them, this file's included: its figure and table
+        # functions are marked @presentation and left out, so restyling them keeps an hour of sampling.
         self.results = Cache(self.cache.root, namespace="results",
-                             code_modules=TRAINING_CODE + ("pemnb.evaluate",))
+                             code_modules=TRAINING_CODE + ("pemnb.evaluate", "pemnb.generative", "pemnb.unlearning"))
         self._bench_cls, self._benches = DecoderBench, {}
 
     def bench(self, kind: str):
@@ -235,7 +234,7 @@ class UnlearningLab:
     def measure(self, kind: str, state: Mapping[str, torch.Tensor], **labels) -> dict[str, Any]:
         """{toxicity, toxic_frac, ppl, samples, scores, scorer, **labels} of the backbone with `state`."""
         c, bench = self.cfg, self.bench(kind)
-        parts = {"what": "unlearning-measure", "version": MEASURE_VERSION, "backbone": bench.backbone,
+        parts = {"what": "unlearning-measure", "backbone": bench.backbone,
                  "kind": kind, "state": state_fingerprint(state), "prompt": PROMPT, "seed": self.profile.seed,
                  "scorer": self.scorer.name, "text": self.text_sha,
                  **{k: c[k] for k in ("n_samples", "max_new_tokens", "sample_batch", "top_k", "temperature",
@@ -269,6 +268,7 @@ def method_name(kind: str, op: str, lam: float | None = None, base: str = "base 
     raise ValueError(f"unknown op {op!r}")
 
 
+@presentation
 def summary_table(rows: Sequence[Mapping[str, Any]], scorer: str, ops: Sequence[str] = ("base", "toxic", "negated", "ablation")) -> pd.DataFrame:
     """Toxicity, % toxic generations and perplexity per method, in the paper's layout (rows in the order
     given); the scorer's name is in the column headers."""
@@ -295,6 +295,7 @@ def format_ppl(ppl: float) -> str:
     return f"{ppl:.2f}" if ppl < 1e4 else f"{ppl:.2e}".replace("e+0", "e").replace("e+", "e")
 
 
+@presentation
 def reported_table11() -> pd.DataFrame:
     """The paper's Table 11, labelled as reported in the paper (PPL written as the paper writes it)."""
     from .tables import reported
@@ -320,6 +321,7 @@ def pick_examples(scores: Sequence[float]) -> list[tuple[str, int]]:
     return [("most toxic", int(order[-1])), ("median", int(order[(len(s) - 1) // 2]))]
 
 
+@presentation
 def examples_table(rows: Sequence[Mapping[str, Any]], scorer: str, max_chars: int = 200) -> pd.DataFrame:
     """Generated continuations with their toxicity scores, like the paper's Table 10."""
     out = []
@@ -344,6 +346,7 @@ def scorer_check(scorer, toxic_texts: Sequence[str], clean_texts: Sequence[str])
 
 
 # ------------------------------------------------------------------------------------ figure
+@presentation
 def sweep_figure(sweep: pd.DataFrame, base: Mapping[str, Any], scorer: str, tolerance: float = PPL_TOLERANCE,
                  chosen: Mapping[str, float] | None = None):
     """The paper's Table 11 as curves: toxicity of the negated modules and their perplexity against λ,

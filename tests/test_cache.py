@@ -68,3 +68,72 @@ def test_code_change_invalidates(tmp_path, monkeypatch):
 def test_unhashable_parts_are_rejected(tmp_path):
     with pytest.raises(TypeError, match="cache key"):
         Cache(tmp_path).key({"model": object()})
+
+
+FAKE = """
+\"\"\"A chapter module.\"\"\"
+from pemnb.cache import presentation
+
+
+def compute(x):
+    \"\"\"The result.\"\"\"
+    return x + 1  # one
+
+
+class Bench:
+    def train(self, x):
+        return compute(x) * 2
+
+    def evaluate(self, x):
+        return x
+
+
+@presentation
+def figure(rows):
+    return sorted(rows)
+"""
+
+
+def _write_module(tmp_path, monkeypatch, name, text):
+    import sys
+
+    (tmp_path / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(name, None)
+    return code_version([name]), code_version([f"{name}:Bench.train"])
+
+
+def test_cache_keys_follow_the_code_that_computes_not_the_code_that_draws(tmp_path, monkeypatch):
+    import time
+
+    base = _write_module(tmp_path, monkeypatch, "fake_chapter", FAKE)
+    edits = {
+        "a figure's code": FAKE.replace("return sorted(rows)", "return sorted(rows, reverse=True)"),
+        "a comment and a docstring": FAKE.replace("# one", "# the next").replace("The result.", "Result."),
+    }
+    for what, text in edits.items():
+        time.sleep(0.01)  # a new mtime, as an editor's save gives
+        assert _write_module(tmp_path, monkeypatch, "fake_chapter", text) == base, what
+    time.sleep(0.01)
+    module, train = _write_module(tmp_path, monkeypatch, "fake_chapter", FAKE.replace("return x + 1", "return x + 2"))
+    assert module != base[0]  # the computation changed: results of this module are stale
+    assert train == base[1]   # ...but Bench.train's own code did not
+    time.sleep(0.01)
+    module, train = _write_module(tmp_path, monkeypatch, "fake_chapter", FAKE.replace("* 2", "* 3"))
+    assert train != base[1]   # editing the training method invalidates what it trained
+    with pytest.raises(ValueError, match="no 'Bench.fit'"):
+        code_version(["fake_chapter:Bench.fit"])
+
+
+def test_trained_modules_key_on_the_method_that_trains_them():
+    from pemnb import cache as cache_mod
+    from pemnb.classify import TRAIN_METHOD as CLS_TRAIN
+    from pemnb.generative import TRAIN_METHOD as DEC_TRAIN
+
+    for method in (CLS_TRAIN, DEC_TRAIN):
+        assert "train_module" in cache_mod._code_of(method)  # it is the code that runs the loop
+    # chapter figure functions are left out of every result key; the computations are in
+    for module, drawn, computed in [("pemnb.distribution", "sweep_figure", "run_chapter"),
+                                    ("pemnb.unlearning", "sweep_figure", "measure")]:
+        code = cache_mod._code_of(module)
+        assert f"name='{computed}'" in code and f"name='{drawn}'" not in code
