@@ -82,3 +82,15 @@ def test_the_profile_field_reaches_the_bench_and_its_cache_keys(tmp_path):
         keys[prof.autocast_bf16] = (b.cache_key, bench.module_key(ds, "t", 0, 2, 1e-3))
     assert "autocast_bf16" not in keys[False][0] and "autocast_bf16" not in keys[False][1]
     assert keys[True][0]["autocast_bf16"] and keys[True][1]["autocast_bf16"]
+
+
+def test_auto_follows_the_hardware_and_bad_settings_are_refused(monkeypatch):
+    assert precision.resolve(True, "cpu") is True and precision.resolve(False, "cpu") is False
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    assert precision.resolve("auto", "cpu") is False
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    assert precision.resolve("auto", "cpu") is True
+    with pytest.raises(ValueError, match="autocast_bf16"):
+        precision.resolve("yes", "cpu")
+    small = load_profile("small")
+    assert small.autocast_bf16 == "auto" and "where the hardware has it" in small.describe()
