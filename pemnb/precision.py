@@ -50,3 +50,29 @@ def bf16_agreement(model, batches, repeat: int = 3) -> dict:
     fp32_s, bf16_s = statistics.median(times[False]), statistics.median(times[True])
     return {"rows": int(full.shape[0]), "agreement": agree, "max_abs_logit_diff": float(np.abs(full - half).max()),
             "fp32_s": fp32_s, "bf16_s": bf16_s, "speedup": fp32_s / bf16_s}
+
+
+def native_bf16(device) -> bool:
+    """Whether `device` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AVX-512
+    BF16 or AMX (Linux /proc/cpuinfo flags). Elsewhere bfloat16 is emulated and slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve(setting, device) -> bool:
+    """A profile's ``autocast_bf16`` (True, False or "auto") for `device`: "auto" is on where the
+    hardware computes bfloat16 natively (:func:`native_bf16`)."""
+    if setting == "auto":
+        return native_bf16(device)
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"autocast_bf16 must be True, False or 'auto', got {setting!r}")
