@@ -150,7 +150,7 @@ def smollm2_dir() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
-    print(f"[pemnb] converting {gguf.name} to safetensors (once) -> {target}")
+    print(f"[pemnb] converting {gguf.name} to safetensors (once, into the pemnb cache)")
     from safetensors.torch import save_model
 
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -588,7 +588,7 @@ def plot_pipeline(writer: str = "GPT-4 seeds → ChatGPT few-shot", judge: str =
     w, h = 1.9, 1.05
     for key, (x, y, text, color) in boxes.items():
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=color, ec="0.3"))
-        text = "\n".join(textwrap.fill(line, 27) for line in text.split("\n"))
+        text = "\n".join(textwrap.fill(line, 27, break_on_hyphens=False) for line in text.split("\n"))
         ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8 if text.count("\n") > 2 else 8.5)
 
     def arrow(a, b, side_a="r", side_b="l"):

@@ -33,6 +33,7 @@ def test_unknown_backbone():
         get_backbone("gpt5")
 
 
+@pytest.mark.integration
 def test_minilm_loads_from_its_wheel():
     model, tok = load_backbone("minilm-l6", "classification", num_labels=2, device="cpu")
     assert model.config.model_type == "bert" and model.config.num_hidden_layers == 6
@@ -41,6 +42,7 @@ def test_minilm_loads_from_its_wheel():
         assert model(**enc).logits.shape == (1, 2)
 
 
+@pytest.mark.integration
 def test_smollm2_loads_from_its_wheel_and_is_cached_as_safetensors():
     d = smollm2_dir()
     assert (d / "model.safetensors").exists()
@@ -63,6 +65,7 @@ def test_pemnb_device_overrides_the_profile_device_unless_the_call_names_one(mon
     assert load_profile("smoke", device="cpu").device == "cpu"
 
 
+@pytest.mark.integration
 def test_loading_is_quiet_and_restores_transformers_logging(capfd):
     from transformers.utils import logging as hf_logging
 

@@ -222,9 +222,11 @@ def test_bench_trains_continues_negates_and_responds(tmp_path, shared_data):
 def test_pipeline_figure():
     import matplotlib
     matplotlib.use("Agg")
-    fig = I.plot_pipeline(writer="w", judge="j")
+    fig = I.plot_pipeline(writer="writer-model-Q", judge="judge-model-Z", scorer="scorer-K")
     texts = [t.get_text() for t in fig.axes[0].texts]
-    assert any("θ = θ_alp − λΔ" in t for t in texts) and any("w" in t for t in texts)
+    assert any("θ = θ_alp − λΔ" in t for t in texts)
+    for name in ("writer-model-Q", "judge-model-Z", "scorer-K"):  # each model the page names is drawn
+        assert any(name in t for t in texts), name
 
 
 def test_test_set_excludes_training_instructions():
