@@ -21,14 +21,14 @@ TASK = "sst2"
 
 
 def run(kinds: tuple[str, ...] = ("lora", "ia3", "fft"), grid_step: float = 0.02, eval_rows: int | None = None) -> dict:
-    from pemnb.profiles import _grid
+    from pemnb.profiles import inclusive_grid
 
     profile = load_profile("small")
     settings = D.settings_for(profile)
     if eval_rows is not None:  # --quick
         settings = {**settings, "select_max": eval_rows, "eval_max": eval_rows}
     td = D.task_data(TASK, profile, settings)
-    grid = _grid(0.0, 1.0, grid_step)
+    grid = inclusive_grid(0.0, 1.0, grid_step)
     metric = headline_metric(TASK)
     prefer = lambda lam: (abs(lam - 0.5), lam)  # distribution.select_lambda's tie rule
     rows = {}

@@ -124,7 +124,7 @@ def check_compatible(states: Sequence[State], kind: str) -> None:
                                  f"module 0 has {tuple(states[0][k].shape)}")
 
 
-def _check_weights(weights: Sequence[float], n: int) -> list[float]:
+def check_weights(weights: Sequence[float], n: int) -> list[float]:
     if isinstance(weights, Mapping) or not isinstance(weights, Iterable) or isinstance(weights, str):
         raise TypeError(f"weights must be a list of numbers, one per module, got {type(weights).__name__}")
     try:
@@ -163,7 +163,7 @@ def add(states: Sequence[State], weights: Sequence[float], kind: str, *, normali
     weights: any finite numbers, negative or above 1 included (extrapolation); NaN/Inf are refused.
     """
     check_compatible(states, kind)
-    weights = _check_weights(weights, len(states))
+    weights = check_weights(weights, len(states))
     if normalize:
         total = sum(weights)
         if abs(total) < 1e-12:

@@ -303,3 +303,16 @@ def family_of(model) -> str:
     """Backbone family of a loaded model, from its config's model_type."""
     mt = getattr(model.config, "model_type", "")
     return {"bert": "bert", "roberta": "roberta", "llama": "llama", "t5": "t5", "gpt2": "gpt2"}.get(mt, mt)
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run with n torch threads (None: leave them), then restore: the smoke profile's tiny matrices run
+    several times faster on one thread than on two (thread start-up costs more than the arithmetic)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -138,12 +138,6 @@ def split_off(ds, n_first: int, seed: int):
     return shuffled.select(range(n_first)), shuffled.select(range(n_first, len(ds)))
 
 
-def texts_of(ds, name: str) -> list[tuple[str, ...]]:
-    """The text field(s) of each row, in the registry's order."""
-    fields = get_spec(name).text_fields
-    return [tuple(row[f] for f in fields) for row in ds]
-
-
 def tokenize_classification(ds, name: str, tokenizer, max_length: int) -> list[dict]:
     """Rows → {input_ids, attention_mask, labels} for a sequence-classification model (no padding;
     batches are padded dynamically)."""

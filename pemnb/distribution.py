@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -24,17 +23,12 @@ import numpy as np
 import pandas as pd
 
 from . import arithmetic, data
+from .backbones import torch_threads
 from .cache import TRAINING_CODE, Cache, presentation
 from .evaluate import METRICS, headline_metric
-from .profiles import Profile
+from .profiles import Profile, inclusive_grid
 
 CHAPTER = "distribution"
-
-
-def _grid(step: float) -> tuple[float, ...]:
-    """λ from 0 to 1 inclusive by `step`."""
-    n = int(round(1 / step))
-    return tuple(round(i * step, 6) for i in range(n + 1))
 
 
 CODE = TRAINING_CODE + ("pemnb.distribution", "pemnb.classify", "pemnb.evaluate", "pemnb.arithmetic")
@@ -66,7 +60,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         # validation data, and QQP's tiny validation subset: every code path, in seconds.
         "tasks": ("mnli", "qqp", "rte", "stsb"), "kinds": KIND_ORDER,
         "steps": {"fft": 8, "lora": 8, "ia3": 8}, "lr": {}, "max_length": 64,
-        "lam_grid": _grid(0.25),
+        "lam_grid": inclusive_grid(0.0, 1.0, 0.25),
         "share": 0.8, "skew_label": "paper",
         "carve_rows": 160,          # training pool carved from validation when a task has no train split
         "min_eval_rows": 64,        # below this many held-out rows a carved task is dropped
@@ -85,7 +79,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         # chance with any rate tried (up to 5e-4 / 1e-2 / 1e-1): 30 steps are too few for it.
         "lr": {"fft": 3e-4, "lora": 6e-3, "ia3": 6e-2},
         "max_length": 64,
-        "lam_grid": _grid(0.25),
+        "lam_grid": inclusive_grid(0.0, 1.0, 0.25),
         "share": 0.8, "skew_label": "paper",
         "carve_rows": 2500,
         "min_eval_rows": 200,
@@ -394,23 +388,8 @@ def run_chapter(profile: Profile, settings: Mapping[str, Any] | None = None, *, 
     """Every task × kind of the chapter: data, modules, sweeps, λ selection, results rows."""
     settings = dict(settings) if settings is not None else settings_for(profile)
     cache = cache if cache is not None else Cache(code_modules=CODE)
-    with _threads(1 if profile.encoder.startswith("smoke") else None):
+    with torch_threads(1 if profile.encoder.startswith("smoke") else None):
         return _run_chapter(profile, settings, cache, progress)
-
-
-@contextmanager
-def _threads(n: int | None):
-    """Run with n torch threads, then restore: the smoke profile's tiny matrices run several times
-    faster on one thread than on two (thread start-up costs more than the arithmetic)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run_chapter(profile: Profile, settings: dict, cache: Cache, progress: bool) -> "ChapterResult":

@@ -206,15 +206,6 @@ def self_instruct(comments: Sequence[str], writer, *, seeds: int, shots: int, se
     return records, stats
 
 
-def split_by_toxicity(instructions: Sequence[str], scores: Sequence[float], threshold: float, n: int) -> tuple[list[int], list[int]]:
-    """(toxic, regular) indices of one scored pool: the n most toxic above `threshold` (most toxic
-    first) and the first n at or below it (in their original order)."""
-    s = np.asarray(scores, dtype=float)
-    above = [int(i) for i in np.argsort(-s, kind="stable") if s[i] > threshold][:n]
-    below = [i for i in range(len(s)) if s[i] <= threshold][:n]
-    return above, below
-
-
 def build_test_instructions(written: Sequence[tuple[str, str]], regular_pool: Sequence[str], scorer, n: int,
                             threshold: float | None = None, exclude: Sequence[str] = ()) -> pd.DataFrame:
     """The offline test set, built the paper's way: instructions written for held-out toxic comments,

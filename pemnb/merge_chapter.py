@@ -377,7 +377,7 @@ def run_chapter(profile: Profile, settings: Mapping[str, Any] | None = None, *, 
     released before the next (one backbone in memory at a time)."""
     import gc
 
-    from .distribution import _threads
+    from .backbones import torch_threads
 
     settings = dict(settings) if settings is not None else settings_for(profile)
     t0 = time.perf_counter()
@@ -388,7 +388,7 @@ def run_chapter(profile: Profile, settings: Mapping[str, Any] | None = None, *, 
         if settings["multitask"]:
             yield multitask_scenario(profile, settings, progress=progress)
 
-    with _threads(1 if profile.encoder.startswith("smoke") else None):
+    with torch_threads(1 if profile.encoder.startswith("smoke") else None):
         for sc in scenarios():
             out = run_scenario(sc, settings, cache=cache, progress=progress)
             sweep += out["sweep"]

@@ -32,7 +32,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .arithmetic import State, _check_weights, add, check_compatible, lora_pairs, role
+from .arithmetic import State, check_weights, add, check_compatible, lora_pairs, role
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def prepare(method: str, states: Sequence[State], **kwargs) -> Callable[[Sequenc
 # ------------------------------------------------------------------------------------------- helpers
 def _prepare(states: Sequence[State], weights: Sequence[float]) -> list[float]:
     check_compatible(states, "lora")
-    return _check_weights(weights, len(states))
+    return check_weights(weights, len(states))
 
 
 def _extras(states: Sequence[State], weights: Sequence[float]) -> dict[str, torch.Tensor]:
@@ -224,7 +224,7 @@ def _prepare_task_arith(states: Sequence[State], *, scaling: float) -> Callable[
     deltas = [dense(s, scaling) for s in states]  # checks the states; the ΔWᵢ do not depend on the weights
 
     def at(weights: Sequence[float]) -> DenseDelta:
-        weights = _check_weights(weights, len(states))
+        weights = check_weights(weights, len(states))
         return DenseDelta({t: sum(w * d.layers[t] for w, d in zip(weights, deltas)) for t in deltas[0].layers},
                           _extras(states, weights))
 
@@ -279,7 +279,7 @@ def _prepare_ties(states: Sequence[State], *, scaling: float, density: float = 0
     dtypes = {t: dw.dtype for t, dw in deltas[0].layers.items()}
 
     def at(weights: Sequence[float]) -> DenseDelta:
-        weights = _check_weights(weights, len(states))
+        weights = check_weights(weights, len(states))
         w = torch.tensor(weights, dtype=torch.float64).view(-1, 1, 1)
         layers = {}
         for t, stacked in trimmed.items():
@@ -326,7 +326,7 @@ def _prepare_dare(states: Sequence[State], *, scaling: float, drop_rate: float =
             masked[-1][t] = dw * (torch.rand(dw.shape, generator=gen) >= p).to(dw.device)
 
     def at(weights: Sequence[float]) -> DenseDelta:
-        weights = _check_weights(weights, len(states))
+        weights = check_weights(weights, len(states))
         layers = {t: torch.zeros_like(dw) for t, dw in deltas[0].layers.items()}
         for w, m in zip(weights, masked):
             for t, kept in m.items():

@@ -190,11 +190,6 @@ def lora_scaling(model) -> float:
     return cfg.lora_alpha / cfg.r
 
 
-def trainable_count(model) -> int:
-    """Number of trainable parameters (the module's size)."""
-    return sum(p.numel() for p in module_parameters(model).values())
-
-
 def save_module(path: str | Path, state: Mapping[str, torch.Tensor], kind: str, meta: Mapping | None = None) -> Path:
     """Write a module state as safetensors, with its kind and metadata in the header."""
     from safetensors.torch import save_file

@@ -24,7 +24,7 @@ import torch
 from . import arithmetic, data
 from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
 from .evaluate import constrained_generate, constrained_scores, score_choices
-from .profiles import Profile, _grid
+from .profiles import Profile, inclusive_grid
 
 CHAPTER = "multitask"
 TASKS = ("mnli", "rte")
@@ -62,7 +62,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
                         for k in KINDS} for t in TASKS},
         "lora_r": 4, "lora_alpha": 8,
         "max_length": 64,
-        "lam_grid": _grid(0.0, 1.0, 0.5),
+        "lam_grid": inclusive_grid(0.0, 1.0, 0.5),
         "kinds": ("lora", "ia3", "fft"), "parity_kind": "lora", "parity_rows": 8, "num_beams": 5,
         "format_probe_rows": 8, "eval_batch": 16,
     },
@@ -82,7 +82,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
                         "ia3": {"lr": 1e-2, "steps": 32, "batch": 8}} for t in TASKS},
         "lora_r": 8, "lora_alpha": 16,
         "max_length": 128,
-        "lam_grid": _grid(0.0, 1.0, 0.25),
+        "lam_grid": inclusive_grid(0.0, 1.0, 0.25),
         "kinds": ("lora", "ia3", "fft"), "parity_kind": "lora", "parity_rows": 12, "num_beams": 5,
         "format_probe_rows": 16, "eval_batch": 16,
     },
@@ -95,7 +95,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "hparams": PAPER_HPARAMS,
         "lora_r": 32, "lora_alpha": 32,  # Table 8 gives r = 32; α is not stated (α = r keeps α/r = 1)
         "max_length": 256,
-        "lam_grid": _grid(0.0, 1.0, 0.02),
+        "lam_grid": inclusive_grid(0.0, 1.0, 0.02),
         "kinds": ("lora", "ia3", "fft"), "parity_kind": "lora", "parity_rows": 200, "num_beams": 5,
         "format_probe_rows": 200, "eval_batch": 64,
         "micro_batch": 32,  # MNLI's batch of 128 in 4 accumulated passes (pemnb.estimates: fits 24 GB)

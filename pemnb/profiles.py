@@ -16,7 +16,7 @@ PROFILE_ENV = "PEMNB_PROFILE"
 DEFAULT_PROFILE = "small"
 
 
-def _grid(start: float, stop: float, step: float) -> tuple[float, ...]:
+def inclusive_grid(start: float, stop: float, step: float) -> tuple[float, ...]:
     """Inclusive λ grid, rounded so 0.1*3 prints as 0.3."""
     n = int(round((stop - start) / step))
     return tuple(round(start + i * step, 6) for i in range(n + 1))
@@ -113,7 +113,7 @@ PROFILES: dict[str, Profile] = {
         lr={"lora": 5e-3, "ia3": 1e-2, "fft": 1e-3},
         lora_r=4,
         lora_alpha=8,
-        lam_grid=_grid(0.0, 1.0, 0.5),
+        lam_grid=inclusive_grid(0.0, 1.0, 0.5),
         seed=0,
         device="cpu",
     ),
@@ -130,7 +130,7 @@ PROFILES: dict[str, Profile] = {
         lr={"lora": 1e-3, "ia3": 8e-3, "fft": 5e-5},
         lora_r=8,
         lora_alpha=16,
-        lam_grid=_grid(0.0, 1.0, 0.1),
+        lam_grid=inclusive_grid(0.0, 1.0, 0.1),
         seed=0,
         # bfloat16 autocast where the CPU/GPU has it: on chapter 01's rows it kept 99.9% of the
         # predictions (all kinds) at 2.2-3.0x the evaluation speed (the Performance page, rows 5a/5b).
@@ -150,7 +150,7 @@ PROFILES: dict[str, Profile] = {
         lr={"lora": 1e-3, "ia3": 8e-3, "fft": 2e-5},
         lora_r=8,
         lora_alpha=16,
-        lam_grid=_grid(0.0, 1.0, 0.02),
+        lam_grid=inclusive_grid(0.0, 1.0, 0.02),
         seed=0,
         dtype="bf16",
     ),

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from .arithmetic import _check_weights, check_compatible, role
+from .arithmetic import check_weights, check_compatible, role
 from .merge_methods import DenseDelta
 from .modules import StateWriter, canonical_key, kind_of, module_parameters, read_state, write_state
 
@@ -74,7 +74,7 @@ def pair(method: str, theta1: Mapping[str, torch.Tensor], theta2: Mapping[str, t
         return [math.copysign(root, w) if r == "lora_A" else root if r == "lora_B" else w for r in roles]
 
     def compose(lam: float) -> dict[str, torch.Tensor]:
-        w1, w2 = _check_weights([lam, 1 - lam], 2)
+        w1, w2 = check_weights([lam, 1 - lam], 2)
         out = torch._foreach_mul(first, coefficients(w1))
         torch._foreach_add_(out, torch._foreach_mul(second, coefficients(w2)))
         return dict(zip(keys, out))

@@ -7,7 +7,7 @@ from pemnb import sweep as SW
 from pemnb.backbones import load_backbone
 from pemnb.modules import attach, read_state
 
-from pemnb.profiles import _grid
+from pemnb.profiles import inclusive_grid
 
 
 def full_grid_choice(f, grid, prefer=lambda lam: lam):
@@ -32,7 +32,7 @@ def unimodal_curves(seed, n):
 
 @pytest.mark.parametrize("step", [0.25, 0.1, 0.05, 0.02, 0.01])
 def test_finds_the_full_grid_argmax_on_unimodal_curves_with_fewer_points(step):
-    grid = _grid(0.0, 1.0, step)
+    grid = inclusive_grid(0.0, 1.0, step)
     counts = []
     for f in unimodal_curves(int(step * 1000), 300):
         found = SW.coarse_to_fine(f, grid)
@@ -47,7 +47,7 @@ def test_finds_the_full_grid_argmax_on_unimodal_curves_with_fewer_points(step):
 
 def test_ties_resolve_as_the_full_grid_resolves_them():
     prefer = lambda lam: (abs(lam - 0.5), lam)   # chapter 01's rule: closest to 0.5, then the smaller
-    grid = _grid(0.0, 1.0, 0.05)
+    grid = inclusive_grid(0.0, 1.0, 0.05)
     for f in unimodal_curves(7, 300):
         assert SW.coarse_to_fine(f, grid, prefer=prefer).best == full_grid_choice(f, grid, prefer)
     flat = lambda lam: 0.8 if 0.1 <= lam <= 0.4 else 0.5   # flat top left of 0.5: its right edge wins
@@ -60,7 +60,7 @@ def test_a_small_grid_is_scored_whole_and_each_point_once():
     found = SW.coarse_to_fine(lambda lam: calls.append(lam) or -abs(lam - 0.3), [0.0, 0.25, 0.5, 0.75, 1.0])
     assert found.best == 0.25 and sorted(calls) == [0.0, 0.25, 0.5, 0.75, 1.0]
     calls.clear()
-    found = SW.coarse_to_fine(lambda lam: calls.append(lam) or -abs(lam - 0.37), _grid(0.0, 1.0, 0.01))
+    found = SW.coarse_to_fine(lambda lam: calls.append(lam) or -abs(lam - 0.37), inclusive_grid(0.0, 1.0, 0.01))
     assert found.best == 0.37 and len(calls) == len(set(calls)) == found.evaluated < 20
 
 
@@ -84,7 +84,7 @@ def test_best_lambda_on_a_live_model_matches_the_full_sweep_and_restores_the_mod
     key = next(iter(target))
     norm = float(target[key].norm())
     evaluate = lambda m: {"score": -abs(float(read_state(m)[key].norm()) / norm - 0.6)}
-    grid = _grid(0.0, 1.0, 0.05)
+    grid = inclusive_grid(0.0, 1.0, 0.05)
     full = SW.sweep(model, compose, grid, evaluate, progress=False)
     found, rows = SW.best_lambda(model, compose, grid, evaluate, "score")
     assert found.best == max(full, key=lambda r: r["score"])["lam"] == 0.6

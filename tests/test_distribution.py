@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from pemnb import distribution as D
+from pemnb.backbones import torch_threads
 from pemnb.cache import Cache
 from pemnb.profiles import load_profile
 
@@ -123,6 +124,6 @@ def test_threads_are_restored():
     import torch
 
     before = torch.get_num_threads()
-    with D._threads(1):
+    with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before

@@ -130,8 +130,6 @@ def test_build_test_instructions_splits_by_toxicity():
     assert I.instruction_threshold("alt-profanity-check") == 0.5
     with pytest.raises(ValueError):
         I.instruction_threshold("mystery")
-    above, below = I.split_by_toxicity(["a", "b", "c"], [0.5, 0.0, 0.9], 0.01, n=5)
-    assert above == [2, 0] and below == [1]
 
 
 def test_pools_are_disjoint(shared_data):
