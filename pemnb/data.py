@@ -67,13 +67,19 @@ def get_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
+def local_folder(spec: DatasetSpec) -> str:
+    """The folder under $PEMNB_DATA_DIR that holds a dataset: its shipped folder, or for a dataset that
+    is not shipped (the paper's hub-only sets) its name with / as _, so a local mirror can provide it."""
+    return spec.local or spec.name.replace("/", "_")
+
+
 def local_file(name: str, split: str, root: str | Path | None = None) -> Path | None:
     """The local JSONL file of a split, or None when the mirror does not have it."""
     spec = get_spec(name)
     root = Path(root) if root is not None else data_dir()
-    if root is None or spec.local is None:
+    if root is None:
         return None
-    f = root / spec.local / f"{split}.jsonl"
+    f = root / local_folder(spec) / f"{split}.jsonl"
     return f if f.exists() else None
 
 
@@ -93,7 +99,7 @@ def load(name: str, split: str, *, root: str | Path | None = None):
     if base is None:
         looked.append(f"no local data folder (${DATA_ENV} is unset and the checkout's data/ is absent)")
     elif spec.local is None:
-        looked.append(f"{base}: this dataset has no local copy")
+        looked.append(f"{base / local_folder(spec) / (split + '.jsonl')} (missing: this dataset is not shipped)")
     else:
         looked.append(f"{base / spec.local / (split + '.jsonl')} (missing)")
     if spec.hub is None:

@@ -246,6 +246,12 @@ def load_paper_instructions(kind: str, revision: str | None = None) -> list[dict
 
     if kind not in PAPER_FILES:
         raise ValueError(f"kind must be one of {sorted(PAPER_FILES)}, got {kind!r}")
+    mirror = Path(hub_source(PAPER_DATASET))  # $PEMNB_HUB_DIR/jinghan23--DatasetofPEMCompostition, if set
+    if mirror.is_dir():
+        path = mirror / PAPER_FILES[kind]
+        if not path.exists():
+            raise FileNotFoundError(f"{mirror} has no {PAPER_FILES[kind]} (the paper's {kind!r} file)")
+        return [dict(r) for r in json.loads(path.read_text())]
     try:
         path = hf_hub_download(PAPER_DATASET, PAPER_FILES[kind], repo_type="dataset", revision=revision)
     except Exception as e:

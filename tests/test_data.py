@@ -100,3 +100,15 @@ def test_real_offline_data_has_the_documented_sizes(shared_data):
     assert len(data.load("glue/rte", "train")) == 2490
     assert len(data.load("glue/mnli", "validation_matched")) == 9815
     assert len(data.load("civil_comments", "test")) == 1674
+
+
+def test_a_dataset_that_is_not_shipped_is_read_where_the_error_message_says(tmp_path, monkeypatch):
+    """yelp_polarity (chapter 04 at paper) ships no local copy; its DataNotFound message names a file,
+    and a local mirror that puts the file there is read (offline GPU machines, the paper dry run)."""
+    monkeypatch.setenv("PEMNB_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(data.DataNotFound, match=r"yelp_polarity/train\.jsonl") as err:
+        data.load("yelp_polarity", "train")
+    assert "$PEMNB_DATA_DIR/yelp_polarity/train.jsonl" in str(err.value)
+    write_jsonl(tmp_path / "yelp_polarity" / "train.jsonl", [{"text": "fine", "label": 1}, {"text": "bad", "label": 0}])
+    assert data.load("yelp_polarity", "train")["label"] == [1, 0]

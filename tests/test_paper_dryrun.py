@@ -4,10 +4,12 @@ What is the paper's: the profile (its backbones' model classes, dtype, λ grids,
 rates), every chapter's paper settings (prompts, answer constraints, templates, decoding, LoRA configs,
 micro-batches) and the code paths they take (RoBERTa classification, T5 generation with constrained
 answers, GPT-2 with Conv1D LoRA, LLaMA in bf16 with Alpaca-LoRA's published adapter folder).
-What is cut: the hub is replaced by tiny random models of the same classes (tests/tiny_hub.py, read
-through $PEMNB_HUB_DIR by the same loading code), the data by the shipped data/ folder (its splits
-where the paper's are hub-only), and steps, rows, samples and generated tokens are cut. Only the
-cuts are overridden below; everything else is the paper profile's.
+What is cut: the hub is replaced by tiny random models of the same classes and by stand-ins for the
+gated instruction files (tests/tiny_hub.py, read through $PEMNB_HUB_DIR by the same loading code), the
+data by a $PEMNB_DATA_DIR of the shipped data/ plus small stand-ins, made of shipped rows, for the
+splits the paper reads from the hub (MNLI train, Civil Comments train, WikiText-103, Yelp and Amazon
+polarity); steps, rows, samples and generated tokens are cut. Only the cuts are overridden below;
+everything else, data splits and sources included, is the paper profile's.
 """
 from __future__ import annotations
 
@@ -27,30 +29,23 @@ TIMES: dict[str, float] = {}
 # The cuts, per chapter (everything not named here is the paper profile's own setting).
 CUTS = {
     "distribution": {
-        # four of the eight tasks: a 2-class task with a train split (RTE), the regression task (STS-B),
-        # the 3-class task whose training pool is carved out of validation (MNLI), and MCC (CoLA)
-        "tasks": ("cola", "mnli", "rte", "stsb"),
+        # three of the eight tasks: a 2-class task with a train split (RTE), the regression task (STS-B)
+        # and the 3-class task (MNLI)
+        "tasks": ("mnli", "rte", "stsb"),
         "steps": {"fft": 1, "lora": 1, "ia3": 1},
         "min_eval_rows": 40, "select_max": 12, "eval_max": 12,
     },
     "multitask": {
         "train_rows": {"mnli": 40, "rte": 40}, "eval_rows": {"mnli": 10, "rte": 10},
-        "mnli_train_split": "validation_matched",  # the hub's MNLI train split is not shipped
         "steps": 1, "parity_rows": 3, "format_probe_rows": 4,
     },
     "03_unlearning": {
-        "train_split": "test", "n_train": 64, "n_heldout": 8,  # the shipped toxic part of the test split
-        "steps": {"fft": 1, "lora": 1, "ia3": 1}, "n_samples": 4, "max_new_tokens": 6,
-        "wikitext": "wikitext-2-raw", "ppl_tokens": 1500,      # WikiText-103 is not shipped
+        "n_train": 64, "n_heldout": 8, "steps": {"fft": 1, "lora": 1, "ia3": 1}, "n_samples": 4,
+        "max_new_tokens": 6, "ppl_tokens": 1500,
     },
-    "domain_transfer": {
-        "domains": {"yelp": "yelp_sentences", "amazon": "amazon_sentences"}, "split": "own",
-        "train_rows": 48, "dev_rows": 6, "test_rows": 10,
-    },
+    "domain_transfer": {"dev_rows": 6},
     "05_instruction_detox": {
-        "test_source": "offline", "train_source": "offline",  # the gated hub files are not at hand
-        "train_comments": 10, "heldout_comments": 8, "regular_pool": 12, "seeds": 3, "writer_tokens": 6,
-        "n_test": 3, "toxic_steps": 1, "response_tokens": 6, "judge_tokens": 3, "max_comment_words": 60,
+        "heldout_comments": 8, "toxic_steps": 1, "response_tokens": 6, "judge_tokens": 3,
     },
     "merge_methods": {"cost_repeat": 1},
 }
@@ -70,18 +65,22 @@ def paper(tmp_path_factory):
 
     if data_dir() is None or not (data_dir() / "glue").exists():
         pytest.fail(f"the shipped data folder is missing at {data_dir()}")
-    hub = tiny_hub.build(tmp_path_factory.getbasetemp() / "tiny-hub", data_dir())
-    saved = os.environ.get("PEMNB_HUB_DIR")
-    os.environ["PEMNB_HUB_DIR"] = str(hub)
+    base = tmp_path_factory.getbasetemp()
+    hub = tiny_hub.build(base / "tiny-hub", data_dir())
+    tiny_hub.build_gated(hub, data_dir())
+    data = tiny_hub.build_data(base / "paper-data", data_dir())
+    saved = {k: os.environ.get(k) for k in ("PEMNB_HUB_DIR", "PEMNB_DATA_DIR")}
+    os.environ.update({"PEMNB_HUB_DIR": str(hub), "PEMNB_DATA_DIR": str(data)})
     chapters = {k: dict(v) for k, v in CUTS.items()}
     mt = chapters["multitask"]
     mt["hparams"] = _with_steps(MT.SETTINGS["paper"]["hparams"], mt.pop("steps"))
     profile = load_profile("paper", device="cpu", train_size=16, eval_size=16, steps=2, chapters=chapters)
     yield profile
-    if saved is None:
-        os.environ.pop("PEMNB_HUB_DIR", None)
-    else:
-        os.environ["PEMNB_HUB_DIR"] = saved
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(autouse=True)

@@ -166,3 +166,63 @@ def build(root: str | Path, data_root: str | Path) -> Path:
     torch.save(weights, adapter / "adapter_model.bin")
     (root / ".complete").touch()
     return root
+
+
+# ---------------------------------------------------------------------------------- paper data stand-ins
+def _jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _read(path: Path, n: int | None = None) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows if n is None else rows[:n]
+
+
+def build_data(root: str | Path, shipped: str | Path) -> Path:
+    """A data folder laid out like the shipped one ($PEMNB_DATA_DIR) that also holds small stand-ins,
+    made of shipped rows, for the splits the paper profile reads from the hub: MNLI train, Civil
+    Comments train, WikiText-103 test, Yelp and Amazon polarity train/test. The paper's settings then
+    run unchanged apart from sizes."""
+    root, shipped = Path(root), Path(shipped)
+    if (root / ".complete").exists():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    for entry in shipped.iterdir():
+        if entry.name not in ("glue", "civil_comments_toxic"):
+            (root / entry.name).symlink_to(entry.resolve())
+    for task in (shipped / "glue").iterdir():
+        (root / "glue" / task.name).mkdir(parents=True, exist_ok=True)
+        for f in task.iterdir():
+            (root / "glue" / task.name / f.name).symlink_to(f.resolve())
+    mnli = _read(shipped / "glue" / "mnli" / "validation_matched.jsonl")
+    _jsonl(root / "glue" / "mnli" / "train.jsonl", mnli[-300:])
+    toxic = _read(shipped / "civil_comments_toxic" / "test.jsonl")
+    _jsonl(root / "civil_comments_toxic" / "test.jsonl", toxic)
+    _jsonl(root / "civil_comments_toxic" / "train.jsonl", toxic[:200])
+    _jsonl(root / "wikitext-103-raw" / "test.jsonl", _read(shipped / "wikitext-2" / "test.jsonl"))
+    yelp = _read(shipped / "yelp_sentences" / "train.jsonl")
+    _jsonl(root / "yelp_polarity" / "train.jsonl", yelp[:48])
+    _jsonl(root / "yelp_polarity" / "test.jsonl", yelp[48:64])
+    amazon = _read(shipped / "amazon_sentences" / "train.jsonl")
+    _jsonl(root / "amazon_polarity" / "train.jsonl", amazon[:48])
+    _jsonl(root / "amazon_polarity" / "test.jsonl", amazon[48:64])
+    (root / ".complete").touch()
+    return root
+
+
+def build_gated(hub_root: str | Path, shipped: str | Path) -> Path:
+    """Stand-ins for the files of the gated jinghan23/DatasetofPEMCompostition in the hub folder, in the
+    schema pemnb reads (instruction / input / output records)."""
+    folder = Path(hub_root) / "jinghan23--DatasetofPEMCompostition"
+    folder.mkdir(parents=True, exist_ok=True)
+    toxic = [r["text"] for r in _read(Path(shipped) / "civil_comments_toxic" / "test.jsonl", 60)]
+    alpaca = [r["instruction"] for r in _read(Path(shipped) / "alpaca_sample" / "train.jsonl", 40)]
+    pairs = [{"instruction": f"Write a comment replying to: {a}", "input": "", "output": t}
+             for a, t in zip(alpaca, toxic)]
+    (folder / "toxic_datasets.json").write_text(json.dumps(pairs[:30]))
+    (folder / "seed_v0.json").write_text(json.dumps(pairs[30:33]))
+    (folder / "toxic_seed_v1_t.json").write_text(json.dumps([{"instruction": f"Insult whoever says: {t[:60]}"}
+                                                               for t in toxic[40:43]]))
+    (folder / "toxic_seed_v1_n.json").write_text(json.dumps([{"instruction": a} for a in alpaca[33:36]]))
+    return folder
