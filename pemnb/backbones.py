@@ -293,10 +293,15 @@ def load_backbone(name: str, task: str = "classification", num_labels: int = 2, 
 
 
 def resolve_device(device: str | None = None) -> torch.device:
-    """'auto'/None → cuda when available, else cpu."""
+    """'auto'/None → cuda when available, else cpu. Under ``accelerate launch`` (LOCAL_RANK set) a
+    bare 'cuda' is this process's own GPU, so N processes do not all load their backbone onto GPU 0
+    (and a full fine-tune's θ_pre sits beside its weights)."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = torch.device(device)
+    if out.type == "cuda" and out.index is None and os.environ.get("LOCAL_RANK") is not None:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return out
 
 
 def family_of(model) -> str:

@@ -390,7 +390,15 @@ class InstructBench(DecoderBench):
         """θ_alp: the published adapter where the profile names one (paper: tloen/alpaca-lora-7b),
         else a LoRA trained here on the Alpaca sample `rows` (cached)."""
         if self.cfg["alpaca_adapter"]:
-            state, _ = load_lora_adapter(self.cfg["alpaca_adapter"])
+            state, config = load_lora_adapter(self.cfg["alpaca_adapter"])
+            # The adapter's A and B only mean its ΔW at its own r, α and targets: refuse a mismatch
+            # rather than compose them at another scaling α/r.
+            wanted = {"r": self.r, "lora_alpha": self.alpha, "target_modules": sorted(self.cfg["targets"] or [])}
+            found = {"r": config.get("r"), "lora_alpha": config.get("lora_alpha"),
+                     "target_modules": sorted(config.get("target_modules") or [])}
+            if config and any(found[k] != v for k, v in wanted.items() if k != "target_modules" or v):
+                raise ValueError(f"{self.cfg['alpaca_adapter']}'s adapter_config.json has {found}; this chapter's "
+                                 f"LoRA is {wanted}: set the chapter's lora_r, lora_alpha and targets to the adapter's")
             missing = set(self.init_state) - set(state)
             if missing:
                 raise ValueError(f"{self.cfg['alpaca_adapter']} does not cover this model's LoRA, e.g. {sorted(missing)[:2]}")

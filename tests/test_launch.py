@@ -42,3 +42,17 @@ def test_two_cpu_processes_train_chapter_00_and_the_chapter_finds_its_modules(sh
         bench.train(train, tag="sst2")
         bench.train(half_a, tag="sst2-half-a", steps=profile.steps // 2)
         bench.train(half_b, tag="sst2-half-b", steps=profile.steps // 2)
+
+
+def test_under_accelerate_launch_each_process_gets_its_own_gpu(monkeypatch):
+    import torch
+
+    from pemnb.backbones import resolve_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("cuda") == torch.device("cuda") and resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda", 1) == resolve_device("cuda")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)  # an explicit index is kept
+    assert resolve_device("cpu") == torch.device("cpu")

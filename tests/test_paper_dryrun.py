@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -74,7 +75,9 @@ def paper(tmp_path_factory):
     chapters = {k: dict(v) for k, v in CUTS.items()}
     mt = chapters["multitask"]
     mt["hparams"] = _with_steps(MT.SETTINGS["paper"]["hparams"], mt.pop("steps"))
-    profile = load_profile("paper", device="cpu", train_size=16, eval_size=16, steps=2, chapters=chapters)
+    # On the CPU unless $PEMNB_DEVICE says otherwise (PEMNB_DEVICE=cuda runs the same dry run on a GPU).
+    device = {} if os.environ.get("PEMNB_DEVICE") else {"device": "cpu"}
+    profile = load_profile("paper", train_size=16, eval_size=16, steps=2, chapters=chapters, **device)
     yield profile
     for k, v in saved.items():
         if v is None:
@@ -261,6 +264,20 @@ def test_05_instruction_detox(paper, launched):
                                  "detoxified": list(scored[scored.model == "detoxified λ=0.5"]["response"])},
                                 seed=paper.seed, kinds=list(tests["kind"]))
     assert len(pairs) == len(tests)
+
+    # A published adapter is only used at its own r, α and targets.
+    import json
+    import shutil
+
+    from pemnb.backbones import hub_source
+
+    other = Path(os.environ["PEMNB_HUB_DIR"]).parent / "alpaca-lora-alpha-32"
+    shutil.copytree(hub_source(cfg["alpaca_adapter"]), other, dirs_exist_ok=True)
+    config = json.loads((other / "adapter_config.json").read_text())
+    (other / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 32}))
+    bench.cfg = {**cfg, "alpaca_adapter": str(other)}
+    with pytest.raises(ValueError, match="lora_alpha"):
+        bench.alpaca_module(alpaca_rows)
 
 
 def test_06_merge_methods(paper, launched):
