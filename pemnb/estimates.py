@@ -369,6 +369,9 @@ def chapter_estimate(chapter: str, profile: Profile | None = None, gpu: GPU = PA
         "chapter": f"{chapter} {TITLES[chapter]}",
         "backbones": ", ".join(dict.fromkeys(j.backbone for j in jobs)),
         "modules trained": len(train),
+        # batch = micro-batch × accumulated passes (one process), for each batch size the chapter trains at
+        "batch = micro × passes": ", ".join(dict.fromkeys(
+            f"{j.batch} = {j.micro or j.batch} × {math.ceil(j.batch / (j.micro or j.batch))}" for j in train)),
         "training steps": sum(j.train_steps for j in train),
         "tokens trained (M)": round(tokens / 1e6, 1),
         "peak memory (GiB)": round(peak.memory_gib(), 1),
@@ -391,8 +394,8 @@ def estimates(profile: Profile | None = None, gpu: GPU = PAPER_GPU) -> pd.DataFr
 
 def markdown(df: pd.DataFrame) -> str:
     """The table as GitHub markdown (for the README's GPU section)."""
-    cols = ["backbones", "modules trained", "peak memory (GiB)", "peak job", "training (GPU h)",
-            "evaluation (GPU h)"]
+    cols = ["backbones", "modules trained", "batch = micro × passes", "peak memory (GiB)", "peak job",
+            "training (GPU h)", "evaluation (GPU h)"]
     lines = ["| chapter | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in df.iterrows():
         lines.append(f"| {name} | " + " | ".join(str(r[c]) for c in cols) + " |")

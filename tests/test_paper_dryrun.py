@@ -114,12 +114,10 @@ def launched(paper, request, monkeypatch):
 
 
 def test_00_module_arithmetic(paper, launched):
-    from pemnb import data
     from pemnb.classify import ClassifierBench
+    from pemnb.launch import chapter00_data
 
-    train = data.subsample(data.load("glue/sst2", "train"), paper.train_size, seed=paper.seed)
-    evalset = data.subsample(data.load("glue/sst2", "validation"), paper.eval_size, seed=paper.seed + 1)
-    half_a, half_b = data.split_off(train, len(train) // 2, seed=paper.seed)
+    train, evalset, half_a, half_b = chapter00_data(paper)
     benches = {kind: ClassifierBench(paper, "glue/sst2", kind, progress=False) for kind in ("lora", "ia3")}
     assert type(benches["lora"].model.base_model.model).__name__ == "RobertaForSequenceClassification"
     batches = benches["lora"].batches(evalset)
