@@ -257,8 +257,8 @@ def load_paper_instructions(kind: str, revision: str | None = None) -> list[dict
     except Exception as e:
         raise RuntimeError(f"could not download {PAPER_FILES[kind]} from the gated dataset {PAPER_DATASET} "
                            f"({type(e).__name__}: {str(e)[:160]}). Request access on its hub page, log in with "
-                           "`huggingface-cli login`, or build the instructions offline (settings test_source="
-                           "'offline').") from None
+                           "`hf auth login` (or set HF_TOKEN), or build the instructions offline (settings "
+                           "train_source/test_source='offline').") from None
     return [dict(r) for r in json.loads(Path(path).read_text())]
 
 
