@@ -80,14 +80,15 @@ def accumulation_steps(batch_size: int, micro_batch_size: int | None, processes:
 
 def accumulate_gradients(model, examples: Sequence[dict], batch: Sequence[int], *, collate, device,
                          micro_batch_size: int | None = None, encoder_decoder: bool = False,
-                         accelerator=None, autocast_bf16: bool = False) -> float:
+                         accelerator=None, autocast_bf16: bool = False, scaler=None) -> float:
     """Backpropagate one global batch (indices into `examples`) in passes of ≤ `micro_batch_size` rows;
     returns the mean loss over this process's share. Gradients accumulate in `.grad`.
 
     Pass p's mean loss is weighted by units_p · processes / units_batch (:func:`loss_units`), so the
     summed gradient is the gradient of the whole batch's mean loss. Every process knows the whole
     batch (its order is fixed by the seed), so none needs to communicate the unit count; DDP's mean
-    over processes supplies the 1 / processes.
+    over processes supplies the 1 / processes. `scaler` (a GradScaler) scales the loss before each
+    backward, for frozen fp16 weights whose small activation gradients would otherwise underflow.
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     total = sum(loss_units(examples[i], encoder_decoder) for i in batch)
@@ -107,6 +108,8 @@ def accumulate_gradients(model, examples: Sequence[dict], batch: Sequence[int], 
             with precision.autocast_bf16(device, autocast_bf16):  # the forward only; backward follows its dtypes
                 mean = model(**inputs).loss.float()
             scaled = mean * (units * world / total) if units else mean * 0.0
+            if scaler is not None:
+                scaled = scaler.scale(scaled)
             if accelerator is not None:
                 accelerator.backward(scaled)
             else:
@@ -275,11 +278,18 @@ def train_module(model, examples: Sequence[dict], *, steps: int, lr: float, batc
     wrapped.train()
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress or not accelerator.is_main_process,
                dynamic_ncols=True)
+    # Frozen fp16 weights (bf16-less GPUs, backbones.resolve_dtype): scale the loss so that gradients
+    # flowing back through fp16 activations do not underflow; the trained weights themselves are fp32.
+    scaler = torch.amp.GradScaler(device.type) if any(p.dtype == torch.float16 for p in model.parameters()) else None
     for step in range(start, steps):
         loss = accumulate_gradients(wrapped, examples, order[step], collate=collate, device=device,
                                     micro_batch_size=micro_batch_size, encoder_decoder=encoder_decoder,
-                                    accelerator=accelerator, autocast_bf16=autocast_bf16)
-        optimizer.step()
+                                    accelerator=accelerator, autocast_bf16=autocast_bf16, scaler=scaler)
+        if scaler is not None:
+            scaler.step(optimizer)  # unscales first; skips the step if a gradient overflowed
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss)

@@ -88,3 +88,19 @@ def test_bad_micro_batch_is_refused():
     with pytest.raises(ValueError, match="micro_batch_size must be positive"):
         train_module(model, examples, steps=1, lr=1e-3, batch_size=4, seed=0, pad_token_id=tok.pad_token_id,
                      progress=False, micro_batch_size=0)
+
+
+def test_frozen_fp16_weights_train_with_a_loss_scale():
+    """fp16 (GPUs without bf16): the frozen weights are half, the module fp32, the loss scaled."""
+    model, tok = load_backbone("smoke-llama", "causal_lm", seed=0, device="cpu", dtype="fp16")
+    model = attach(model, "lora", r=4, alpha=8, init_seed=0)
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(p.dtype == torch.float32 for p in trained.values())
+    assert any(p.dtype == torch.float16 for p in model.parameters())
+    examples = prompt_answer_examples(tok, [f"question {i}" for i in range(8)], ["yes", "no"] * 4, 16)
+    before = read_state(model)
+    res = train_module(model, examples, steps=3, lr=1e-2, batch_size=4, seed=0, pad_token_id=tok.pad_token_id,
+                       progress=False, micro_batch_size=2)
+    after = read_state(model)
+    assert all(x == x for x in res.losses)  # finite
+    assert any(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)
