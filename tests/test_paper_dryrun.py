@@ -278,6 +278,23 @@ def test_05_instruction_detox(paper, launched):
         bench.alpaca_module(alpaca_rows)
 
 
+def test_05_on_a_gpu_without_bf16(paper):
+    """The same chapter with the fp16 fallback: frozen LLaMA in fp16, θ_tox trained under a loss scale."""
+    import dataclasses
+
+    from pemnb import instruct as I
+
+    profile = dataclasses.replace(paper, dtype="fp16")
+    cfg = I.settings(profile)
+    bench = I.InstructBench(profile, cfg, progress=False)
+    assert bench.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.float16
+    records, _ = bench.training_pairs(None, [])  # the paper's (stand-in) file
+    theta_alp = bench.alpaca_module()
+    theta_tox = bench.toxic_module(records, theta_alp)
+    assert A.norms(I.toxic_update(theta_alp, theta_tox)) > 0
+    assert len(bench.respond(theta_tox, [records[0]["instruction"]])) == 1
+
+
 def test_06_merge_methods(paper, launched):
     from pemnb import merge_chapter as MC
 
