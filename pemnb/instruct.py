@@ -489,9 +489,16 @@ class InstructBench(DecoderBench):
         profile says so, else built offline the paper's way (:func:`build_test_instructions`)."""
         c = self.cfg
         if c["test_source"] == "hub":
-            rows = [{"instruction": r["instruction"], "kind": kind, "source": PAPER_DATASET}
+            rows = [{"instruction": r["instruction"], "kind": kind, "source": PAPER_DATASET, "comment": ""}
                     for kind in ("toxic", "regular") for r in load_paper_instructions(kind)]
-            return pd.DataFrame(rows)
+            # The same columns as the offline set: the paper split its instructions by this scorer's
+            # toxicity, so score them and say which toxic ones are above the threshold.
+            df = pd.DataFrame(rows, columns=["instruction", "kind", "source", "comment"])
+            threshold = instruction_threshold(scorer.name)
+            df["instruction_toxicity"] = [float(x) for x in scorer(list(df["instruction"]))] if len(df) else []
+            df["above_threshold"] = (df["kind"] == "toxic") & (df["instruction_toxicity"] > threshold)
+            df.attrs.update(threshold=threshold, scorer=scorer.name)
+            return df
         key = {"writer": writer.name, "comments": _sha(list(comments)), "tokens": c["writer_tokens"]}
         written = self.cached("test-instructions", key,
                               lambda: write_seed_instructions(writer, list(comments), c["writer_tokens"]))

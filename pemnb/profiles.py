@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 DEVICE_ENV = "PEMNB_DEVICE"
 PROFILE_ENV = "PEMNB_PROFILE"
+OVERRIDES_ENV = "PEMNB_PROFILE_OVERRIDES"
 DEFAULT_PROFILE = "small"
 
 
@@ -164,6 +165,10 @@ def load_profile(name: str | None = None, **overrides: Any) -> Profile:
     2
     """
     name = name or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    # $PEMNB_PROFILE_OVERRIDES: a JSON object of profile fields, for the notebooks (which call
+    # load_profile() bare), e.g. '{"chapters": {"05_instruction_detox": {"test_source": "offline"}}}'.
+    # Per-call overrides win; chapter settings merge chapter by chapter.
+    overrides = {**env_overrides(name), **overrides}
     # $PEMNB_DEVICE (e.g. "cuda", "cpu") overrides every profile's device unless the call names one:
     # it puts the smoke profile on a GPU to check GPU code paths, or keeps `small` on the CPU.
     if os.environ.get(DEVICE_ENV) and "device" not in overrides:
@@ -176,3 +181,25 @@ def load_profile(name: str | None = None, **overrides: Any) -> Profile:
     if unknown:
         raise TypeError(f"unknown profile field(s) {sorted(unknown)}")
     return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def env_overrides(name: str) -> dict[str, Any]:
+    """The profile fields $PEMNB_PROFILE_OVERRIDES sets (lists as tuples; `chapters` merged onto the
+    profile's own chapter settings); {} when it is unset."""
+    import json
+
+    raw = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not raw:
+        return {}
+    try:
+        out = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"${OVERRIDES_ENV} is not valid JSON: {e}") from None
+    if not isinstance(out, dict):
+        raise ValueError(f"${OVERRIDES_ENV} must be a JSON object of profile fields, got {type(out).__name__}")
+    out = {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
+    if "chapters" in out and name in PROFILES:
+        own = PROFILES[name].chapters
+        out["chapters"] = {**{k: dict(v) for k, v in own.items()},
+                           **{k: {**dict(own.get(k, {})), **v} for k, v in out["chapters"].items()}}
+    return out

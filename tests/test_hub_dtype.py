@@ -29,3 +29,18 @@ def test_only_frozen_llama_loads_in_the_profiles_half_dtype():
 def test_a_backbone_loads_in_the_dtype_asked_for():
     model, _ = load_backbone("smoke-llama", "causal_lm", device="cpu", dtype="bf16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_profile_overrides_from_the_environment(monkeypatch):
+    """$PEMNB_PROFILE_OVERRIDES reaches notebooks, which call load_profile() bare."""
+    monkeypatch.setenv("PEMNB_PROFILE_OVERRIDES", '{"steps": 3, "lam_grid": [0, 0.5, 1], '
+                                                  '"chapters": {"05_instruction_detox": {"test_source": "offline"}}}')
+    p = load_profile("paper")
+    assert p.steps == 3 and p.lam_grid == (0, 0.5, 1) and p.chapter("05_instruction_detox")["test_source"] == "offline"
+    assert load_profile("paper", steps=5).steps == 5  # a call's own override wins
+    monkeypatch.setenv("PEMNB_PROFILE_OVERRIDES", '{"stepz": 3}')
+    with pytest.raises(TypeError, match="stepz"):
+        load_profile("paper")
+    monkeypatch.setenv("PEMNB_PROFILE_OVERRIDES", "[1]")
+    with pytest.raises(ValueError, match="JSON object"):
+        load_profile("paper")

@@ -249,8 +249,13 @@ def test_05_instruction_detox(paper, launched):
     theta_alp = bench.alpaca_module(alpaca_rows)  # Alpaca-LoRA's published adapter folder
     theta_tox = bench.toxic_module(records, theta_alp)
     assert A.norms(I.toxic_update(theta_alp, theta_tox)) > 0
+    seen_in_training = [r["instruction"] for r in records] + [r["instruction"] for r in alpaca_rows]
     tests = bench.test_set(writer, scorer, held_comments, [r["instruction"] for r in alpaca_held],
-                           exclude=[r["instruction"] for r in records])
+                           exclude=seen_in_training)
+    I.check_disjoint(seen_in_training, list(tests["instruction"]))
+    # the paper's test files get the columns the offline set has (the notebook tabulates them)
+    assert {"instruction_toxicity", "above_threshold"} <= set(tests.columns)
+    assert set(tests["kind"]) == {"toxic", "regular"}
     states = {"original θ_alp": theta_alp, "toxic θ_tox": theta_tox}
     for lam in cfg["lams"]:
         states[f"detoxified λ={lam}"] = I.negate_continued(theta_alp, theta_tox, lam)

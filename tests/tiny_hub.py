@@ -224,5 +224,9 @@ def build_gated(hub_root: str | Path, shipped: str | Path) -> Path:
     (folder / "seed_v0.json").write_text(json.dumps(pairs[30:33]))
     (folder / "toxic_seed_v1_t.json").write_text(json.dumps([{"instruction": f"Insult whoever says: {t[:60]}"}
                                                                for t in toxic[40:43]]))
-    (folder / "toxic_seed_v1_n.json").write_text(json.dumps([{"instruction": a} for a in alpaca[33:36]]))
+    # Regular test instructions: the paper's were written for non-toxic comments (not Alpaca rows, which
+    # the chapter checks its tests against).
+    reviews = [r["text"] for r in _read(Path(shipped) / "yelp_sentences" / "train.jsonl", 3)]
+    (folder / "toxic_seed_v1_n.json").write_text(json.dumps([{"instruction": f"Answer this review politely: {t}"}
+                                                               for t in reviews]))
     return folder
