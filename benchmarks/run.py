@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "book" / "benchmark_results.md"
 
-FULL = {"engine": dict(n_eval=64, grid_points=11, repeat=5, repeat_eval=3),
+FULL = {"engine": dict(n_eval=64, grid_points=11, repeat=5, repeat_eval=5),
         "scoring": dict(n=24, repeat=3, batch_size=8),
         "padding": dict(n=256, batch_size=32, repeat=3),
         "end_to_end": dict(n=200, repeat=3),
@@ -71,9 +71,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", help="also write every measured number to this file")
     parser.add_argument("--page", help=f"write the markdown results here (default for a full run of every "
                                        f"benchmark: {PAGE.relative_to(ROOT)})")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="no measuring: render the page from saved results (later files replace earlier "
+                             "files' benchmarks), e.g. a full run's JSON and a re-run of one benchmark")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads, the same for both sides (default: 1; 0 = torch's choice)")
     args = parser.parse_args(argv)
+    if args.merge:
+        return render(args.merge, Path(args.page or PAGE))
     if args.threads:
         import torch
 
@@ -104,6 +109,25 @@ def main(argv=None) -> dict:
         print(f"[benchmarks] wrote {page} and its .json")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=_plain) + "\n")
+    failed = failures(out)
+    if failed:
+        raise SystemExit("CHECK FAILED: " + "; ".join(failed))
+    return out
+
+
+def render(paths, page: Path) -> dict:
+    """Write the page from saved results: the first file's run, with the benchmarks of later files
+    (their environment noted) put in place of its own."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    out = runs[0]
+    for later in runs[1:]:
+        for name in NAMES:
+            if name in later:
+                out[name] = {**later[name], "rerun": later["environment"]}
+    text = report(out)
+    page.write_text(text + "\n")
+    page.with_suffix(".json").write_text(json.dumps(out, indent=2, default=_plain) + "\n")
+    print(text)
     failed = failures(out)
     if failed:
         raise SystemExit("CHECK FAILED: " + "; ".join(failed))
@@ -154,6 +178,12 @@ def report(out: dict) -> str:
              f"{env.get('load_average_1min_at_end', float('nan')):.1f} at the end** (this run's own thread is "
              f"about 1; the machine is shared).", "",
              "| row | pemnb | realistic baseline | baseline ÷ pemnb |", "|---|---|---|---|"]
+    for name in NAMES:
+        if name in out and "rerun" in out[name]:
+            r = out[name]["rerun"]
+            lines[1:1] = ["", f"Benchmark `{name}` re-run alone on {r['date']} (`--only {name}`; 1-minute load average "
+                              f"{r['load_average_1min_at_start']:.1f} at its start, "
+                              f"{r.get('load_average_1min_at_end', float('nan')):.1f} at its end)."]
     checks = []
     if "engine" in out:
         e = out["engine"]
@@ -255,6 +285,12 @@ def report(out: dict) -> str:
             f"{kind} {r['lam_full']:g} vs {r['lam_search']:g} ({'same' if r['same'] else 'DIFFERENT'}; best "
             f"{s['metric']} {r['best_full']:.3f} vs {r['best_search']:.3f})" for kind, r in s["rows"].items())
             + " — reported, not a pass/fail check: coarse-to-fine assumes a unimodal curve")
+        if all("replay" in r for r in s["rows"].values()):
+            checks.append("(7) the same search replayed on the measured whole-grid curves with more coarse points "
+                          "(evaluations, same λ as the whole grid): " + "; ".join(
+                              f"{kind}: " + ", ".join(f"{p} coarse → {v['evaluated']} ({'same' if v['same'] else 'different'})"
+                                                      for p, v in r["replay"].items())
+                              for kind, r in s["rows"].items()))
     failed = failures(out)
     lines += ["", "Checks:", ""] + [f"- {c}" for c in checks]
     lines.append("- **" + ("all checks passed" if not failed else "FAILED: " + "; ".join(failed)) + "**")

@@ -18,6 +18,7 @@ from pemnb.evaluate import classify, headline_metric
 from pemnb.profiles import load_profile
 
 TASK = "sst2"
+COARSE_POINTS = (5, 9, 13, 17)
 
 
 def run(kinds: tuple[str, ...] = ("lora", "ia3", "fft"), grid_step: float = 0.02, eval_rows: int | None = None) -> dict:
@@ -43,10 +44,18 @@ def run(kinds: tuple[str, ...] = ("lora", "ia3", "fft"), grid_step: float = 0.02
         found, _ = SW.best_lambda(bench.model, compose, grid, evaluate, metric, prefer=prefer)
         t2 = time.perf_counter()
         lam_full = D.select_lambda(full, metric)
+        curve = {r["lam"]: float(r[metric]) for r in full}
+        # The same search replayed on the measured curve with more coarse points (no new evaluations):
+        # how many points a search needs before it stops missing this curve's best λ.
+        replay = {}
+        for points in COARSE_POINTS:
+            again = SW.coarse_to_fine(curve.__getitem__, grid, coarse_points=points, prefer=prefer)
+            replay[str(points)] = {"evaluated": again.evaluated, "lam": again.best, "same": again.best == lam_full}
         rows[kind] = {"kind": kind, "grid_points": len(grid), "evaluated": found.evaluated, "lam_full": lam_full,
                       "lam_search": found.best, "same": lam_full == found.best,
                       "best_full": max(r[metric] for r in full), "best_search": found.scores[found.best],
-                      "full_s": t1 - t0, "search_s": t2 - t1, "ratio": (t1 - t0) / (t2 - t1)}
+                      "full_s": t1 - t0, "search_s": t2 - t1, "ratio": (t1 - t0) / (t2 - t1),
+                      "curve": curve, "replay": replay}
     return {"backbone": profile.encoder, "task": TASK, "metric": metric, "select_rows": len(td.select),
             "grid_step": grid_step, "rows": rows}
 
