@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -62,8 +63,16 @@ def pemnb_hash(package: Path = PACKAGE) -> str:
     for path in files:
         h.update(path.relative_to(package).as_posix().encode())
         h.update(b"\0")
-        h.update(ast.dump(_without_docstrings(ast.parse(path.read_text(encoding="utf-8")))).encode())
+        st = path.stat()
+        h.update(_syntax_hash(path, st.st_mtime_ns, st.st_size).encode())
     return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=512)
+def _syntax_hash(path: Path, mtime_ns: int, size: int) -> str:
+    # keyed on the file's mtime and size: a page build asks once per page, parsing once per edit is enough
+    tree = _without_docstrings(ast.parse(path.read_text(encoding="utf-8")))
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:
