@@ -69,3 +69,31 @@ def test_math_renders_offline():
         assert scripts, f"{f.name} loads no math renderer"
         assert all(not s.startswith(("http:", "https:", "//")) and "_static/mathjax/" in s for s in scripts), \
             f"{f.name} loads its math renderer from elsewhere: {scripts}"
+
+
+# ---------------------------------------------------------------- a book a teacher can use (issue 17)
+@pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.stem)
+def test_every_chapter_ends_with_exercises_whose_answers_are_folded(nb):
+    body = article(page(nb))
+    assert 'id="exercises"' in body, f"{nb.stem} has no Exercises section"
+    after = body[body.index('id="exercises"'):]
+    folded = len(re.findall(r'class="cell tag_hide-cell', after))
+    assert folded >= 3, f"{nb.stem}: {folded} folded worked answers after its Exercises heading, expected 3 or more"
+
+
+@pytest.mark.parametrize("nb", CHAPTERS, ids=lambda p: p.stem)
+def test_chapters_link_the_glossary_and_the_bibliography(nb):
+    body = article(page(nb))
+    assert "glossary.html#term-" in body, f"{nb.stem} links no glossary term"
+    assert "references.html#id" in body, f"{nb.stem} cites nothing from the bibliography"
+
+
+def test_intro_shows_the_operator_diagram_and_the_teaching_pages_exist():
+    intro = article((HTML / "book" / "intro.html").read_text(encoding="utf-8"))
+    assert re.search(r"<img\b", intro), "the introduction shows no operator diagram"
+    for name in ("glossary", "references", "course"):
+        assert (HTML / "book" / f"{name}.html").exists(), f"book/{name} was not built"
+    refs = article((HTML / "book" / "references.html").read_text(encoding="utf-8"))
+    bib = (ROOT / "book" / "references.bib").read_text(encoding="utf-8")
+    entries = len(re.findall(r"^@\w+\{", bib, re.M))
+    assert refs.count('role="doc-biblioentry"') == entries, "the references page does not list every bibliography entry"
