@@ -285,6 +285,10 @@ def report(out: dict) -> str:
             f"{kind} {r['lam_full']:g} vs {r['lam_search']:g} ({'same' if r['same'] else 'DIFFERENT'}; best "
             f"{s['metric']} {r['best_full']:.3f} vs {r['best_search']:.3f})" for kind, r in s["rows"].items())
             + " — reported, not a pass/fail check: coarse-to-fine assumes a unimodal curve")
+        same = sum(r["same"] for r in s["rows"].values())
+        checks.append(f"(7) coarse-to-fine found the whole grid's λ for {same} of {len(s['rows'])} kinds: "
+                      + ("it could replace the whole grid for chapter 01's selection" if same == len(s["rows"])
+                         else "chapter 01 keeps selecting λ on the whole grid"))
         if all("replay" in r for r in s["rows"].values()):
             checks.append("(7) the same search replayed on the measured whole-grid curves with more coarse points "
                           "(evaluations, same λ as the whole grid): " + "; ".join(
