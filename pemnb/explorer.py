@@ -141,10 +141,10 @@ class Explorer:
         if live_default() if live is None else live:
             return display(self.widget())
         self.static_figure()
-        display(Markdown(f"*Static page: this is the precomputed curve. For the live explorer — a λ slider"
-                         f"{' and a method menu' if len(self.methods) > 1 else ''} that recomposes the modules "
-                         f"in place and re-scores them at once — open `{self.notebook}` in Jupyter and run "
-                         f"it (or set `PEMNB_EXPLORE=1`).*"))
+        controls = "a λ slider and a method menu" if len(self.methods) > 1 else "a λ slider"
+        display(Markdown(f"*Static page: this is the precomputed curve. For the live explorer ({controls}; every "
+                         f"move recomposes the modules in place and re-scores them at once), open `{self.notebook}` "
+                         f"in Jupyter and run it (or set `PEMNB_EXPLORE=1`).*"))
 
 
 # ---------------------------------------------------------------------------------- scorers
