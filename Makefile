@@ -14,7 +14,7 @@ PROFILE := $(or $(PEMNB_PROFILE),small)
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-12)
 JB_ARGS := --toc book/_toc.yml --config _config.yml
 
-.PHONY: venv test unit notebooks book chapter execute rebuild benchmark clean
+.PHONY: venv test unit notebooks paper-notebooks book chapter execute rebuild benchmark clean
 
 $(STAMP): requirements.txt pyproject.toml
 	# (re)create the environment when it is missing or half-made (e.g. an interrupted first run)
@@ -47,7 +47,8 @@ notebooks: venv
 # Every chapter notebook at the `paper` profile, on tiny random models of the paper's classes and
 # stand-in data (the hub replaced through $PEMNB_HUB_DIR): the paper code paths, cells included.
 paper-notebooks: venv
-	$(BIN)/python tests/paper_notebooks.py
+	rm -rf .cache/paper-notebooks
+	PEMNB_DRYRUN_DIR=$(CURDIR)/.cache/paper-notebooks $(BIN)/python tests/paper_notebooks.py
 
 test: unit notebooks paper-notebooks
 

@@ -29,7 +29,7 @@ from .backbones import frozen_dtype, hub_source, load_backbone
 from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
 from .generative import DecoderBench, prompt_answer_examples
 from .judge import LocalChat, generate_texts, write_fewshot_instructions, write_seed_instructions
-from .modules import attach, canonical_key, read_state
+from .modules import ADAPTER_FILES, attach, import_peft, read_state
 from .paths import data_dir
 from .profiles import Profile
 
@@ -325,31 +325,18 @@ def factorwise_gap(alpaca, toxic, lams: Sequence[float], scaling: float) -> pd.D
 
 # ------------------------------------------------------------------------------------------- adapters
 def load_lora_adapter(source: str, revision: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state with pemnb's canonical keys, adapter_config) of a peft LoRA adapter: a local folder or a
-    hub id such as ``tloen/alpaca-lora-7b`` (adapter_model.safetensors or .bin, loaded without pickle
-    code execution)."""
+    """(state with pemnb's canonical keys in float32, adapter_config) of a peft LoRA adapter: a local
+    folder or a hub id such as ``tloen/alpaca-lora-7b`` (its adapter files downloaded once into the hub
+    cache), read by :func:`pemnb.modules.import_peft` (no pickle code execution)."""
     folder = Path(source) if Path(source).is_dir() else Path(hub_source(source))  # $PEMNB_HUB_DIR mirror
-    if folder.is_dir():
-        files = {p.name: p for p in folder.iterdir()}
-    else:
-        from huggingface_hub import hf_hub_download, list_repo_files
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
 
-        names = list_repo_files(source, revision=revision)
-        files = {n: Path(hf_hub_download(source, n, revision=revision)) for n in names
-                 if n in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")}
-    config = json.loads(files["adapter_config.json"].read_text()) if "adapter_config.json" in files else {}
-    if "adapter_model.safetensors" in files:
-        from safetensors.torch import load_file
-
-        raw = load_file(str(files["adapter_model.safetensors"]))
-    elif "adapter_model.bin" in files:
-        raw = torch.load(files["adapter_model.bin"], map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"{source}: no adapter_model.safetensors or adapter_model.bin")
-    state = {canonical_key(k): v.float() for k, v in raw.items()
-             if "lora_" in k}
-    arithmetic.check_kind(state, "lora")
-    return state, config
+        folder = Path(snapshot_download(source, revision=revision, allow_patterns=list(ADAPTER_FILES)))
+    state, kind, config = import_peft(folder)
+    if kind != "lora":
+        raise ValueError(f"{source}: a {kind!r} adapter, where this chapter composes a LoRA one")
+    return {k: v.float() for k, v in state.items()}, config  # Alpaca-LoRA ships fp16 weights
 
 
 # ------------------------------------------------------------------------------------------- the bench

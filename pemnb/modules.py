@@ -225,6 +225,7 @@ def load_module(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dict]:
 PEFT_PREFIX = "base_model.model."
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_FILES = (PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, "adapter_model.bin")  # what an adapter folder holds
 PEFT_TYPES = {"LORA": "lora", "IA3": "ia3"}
 
 
