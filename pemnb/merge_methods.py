@@ -273,9 +273,8 @@ def _prepare_ties(states: Sequence[State], *, scaling: float, density: float = 0
     if majority not in ("total", "frequency"):
         raise ValueError(f"majority must be 'total' or 'frequency', got {majority!r}")
     deltas = [dense(s, scaling) for s in states]
-    # Weight-independent: the ΔWᵢ, their top-k trims (most of TIES' cost) and which entries survived.
+    # Weight-independent: the ΔWᵢ and their top-k trims (most of TIES' cost).
     trimmed = {t: torch.stack([_trim(d.layers[t], density) for d in deltas]).double() for t in deltas[0].layers}
-    survived = {t: stacked != 0 for t, stacked in trimmed.items()}
     dtypes = {t: dw.dtype for t, dw in deltas[0].layers.items()}
 
     def at(weights: Sequence[float]) -> DenseDelta:
@@ -286,7 +285,8 @@ def _prepare_ties(states: Sequence[State], *, scaling: float, density: float = 0
             # The sign vote depends on the weights (their sizes for 'total', their signs for 'frequency').
             weighted = stacked * w
             elect = weighted.sum(0) if majority == "total" else weighted.sign().sum(0)
-            keep = (weighted.sign() == torch.where(elect >= 0, 1.0, -1.0)) & survived[t]
+            # (a trimmed-away or zero-weighted entry has sign 0, which is never the elected ±1)
+            keep = weighted.sign() == torch.where(elect >= 0, 1.0, -1.0)
             merged = (weighted * keep).sum(0)
             if normalize:
                 divisor = (w * keep).sum(0)
