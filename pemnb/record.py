@@ -191,6 +191,13 @@ class Run:
         glue(name, v, display=display)
         return v
 
+    def glue_ci(self, name: str, ci) -> Any:
+        """Glue an interval (a :class:`pemnb.stats.CI`) as three facts: `name`, `name_low`, `name_high`;
+        returns the interval."""
+        for suffix, v in (("", ci.estimate), ("_low", ci.low), ("_high", ci.high)):
+            self.glue(name + suffix, v)
+        return ci
+
     def header(self):
         """The record a page shows: profile, commit, pemnb hash, machine, start, and the wall time once
         :meth:`finish` ran (a DataFrame indexed by setting)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -66,6 +66,25 @@ def pearson(predictions, labels) -> float:
 def accuracy(predictions, labels) -> float:
     """Share of predictions equal to their labels."""
     return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
+
+
+def f1(predictions, labels) -> float:
+    """F1 of the positive class (1) of binary predictions, as GLUE's MRPC and QQP (0 when undefined)."""
+    p, y = _as_int(predictions) == 1, _as_int(labels) == 1
+    tp = float(np.sum(p & y))
+    denom = float(np.sum(p) + np.sum(y))
+    return 2 * tp / denom if denom > 0 else 0.0
+
+
+# A GLUE metric's name (pemnb.evaluate.METRICS) → the function a bootstrap recomputes per resample.
+METRICS: dict[str, Statistic] = {"accuracy": accuracy, "mcc": mcc, "pearson": pearson, "f1": f1}
+
+
+def metric(name: str) -> Statistic:
+    """The resampling-speed function of a metric named as pemnb.evaluate names it."""
+    if name not in METRICS:
+        raise ValueError(f"no bootstrap metric {name!r}; choose one of {sorted(METRICS)}")
+    return METRICS[name]
 
 
 def bootstrap_ci(values, *columns, statistic: Statistic = np.mean, n_boot: int = 1000, level: float = 0.95,
@@ -169,3 +188,35 @@ def _interval(estimate: float, draws: np.ndarray, level: float, n: int, n_boot: 
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(finite, [tail, 100 - tail])
     return CI(estimate=estimate, low=float(low), high=float(high), level=level, n=n, n_boot=n_boot)
+
+
+def interval_columns(rows: Sequence[Mapping], labels, *, statistic: Statistic = accuracy,
+                     predictions: str = "predictions", name: str = "score", against=None, n_boot: int = 1000,
+                     level: float = 0.95, seed: int = 0):
+    """A results table with intervals, for tables and :func:`pemnb.plots.sweep`'s ``band=``.
+
+    `rows`: mappings that hold each state's per-row `predictions` (e.g. one row per λ of a sweep);
+    `labels`: the evaluation rows' labels. Adds `name`, `name_low`, `name_high` and, when `against`
+    gives a reference state's per-row predictions on the same rows (the best single module, the base
+    model), the paired difference `name_diff`, `name_diff_low`, `name_diff_high` and `name_diff_real`
+    (the interval excludes 0). The predictions column is dropped. Every row uses the same resamples
+    (one `seed`), so neighbouring λ are compared on the same draws.
+    """
+    import pandas as pd
+    out = []
+    for r in rows:
+        if predictions not in r:
+            raise ValueError(f"row {dict((k, v) for k, v in r.items() if k != predictions)} has no "
+                             f"{predictions!r} column of per-row predictions")
+        pred = np.asarray(r[predictions])
+        row = {k: v for k, v in r.items() if k != predictions}
+        ci = bootstrap_ci(pred, labels, statistic=statistic, n_boot=n_boot, level=level, seed=seed)
+        row.update({name: ci.estimate, f"{name}_low": ci.low, f"{name}_high": ci.high})
+        if against is not None:
+            d = paired_diff_ci(pred, against, labels, statistic=statistic, n_boot=n_boot, level=level, seed=seed)
+            row.update({f"{name}_diff": d.estimate, f"{name}_diff_low": d.low, f"{name}_diff_high": d.high,
+                        f"{name}_diff_real": is_real(d)})
+        out.append(row)
+    if not out:
+        raise ValueError("no rows to put intervals on")
+    return pd.DataFrame(out)

@@ -133,3 +133,11 @@ def test_provenance_rows_and_duration():
     extra = run.provenance()
     assert set(extra) == {"commit", "pemnb source hash", "machine"}
     assert [record.duration(s) for s in (48.4, 1503, 7500)] == ["48 s", "25 min 3 s", "2 h 05 min"]
+
+
+def test_glue_ci_keeps_three_facts():
+    from pemnb import stats
+    run = record.start("00_x", "smoke")
+    ci = stats.paired_diff_ci(np.ones(20), np.zeros(20))
+    assert run.glue_ci("merge_gain", ci) is ci
+    assert run.facts == {"merge_gain": 1.0, "merge_gain_low": 1.0, "merge_gain_high": 1.0}

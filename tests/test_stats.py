@@ -131,3 +131,33 @@ def test_ci_prints_and_exports():
     ci = stats.CI(estimate=0.8123, low=0.79, high=0.8344, level=0.95, n=100, n_boot=1000)
     assert str(ci) == "0.812 [0.79, 0.834]"
     assert ci.as_dict("acc_") == {"acc_estimate": 0.8123, "acc_low": 0.79, "acc_high": 0.8344}
+
+
+def test_f1_and_the_metric_registry_match_sklearn():
+    from sklearn.metrics import f1_score
+    rng = np.random.default_rng(8)
+    y, p = rng.integers(0, 2, 120), rng.integers(0, 2, 120)
+    assert stats.f1(p, y) == pytest.approx(f1_score(y, p), abs=1e-12)
+    assert stats.f1([0, 0], [0, 0]) == 0.0
+    from pemnb.evaluate import METRICS
+    for names in METRICS.values():  # every GLUE headline metric but spearman has a bootstrap twin
+        assert stats.metric(names[0]) in stats.METRICS.values()
+    with pytest.raises(ValueError, match="no bootstrap metric"):
+        stats.metric("bleu")
+
+
+def test_interval_columns_for_a_sweep():
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 2, 200)
+    single = np.where(rng.random(200) < 0.7, y, 1 - y)
+    rows = [{"lam": lam, "kind": "lora", "predictions": np.where(rng.random(200) < acc, y, 1 - y)}
+            for lam, acc in [(0.0, 0.5), (0.5, 0.95)]]
+    df = stats.interval_columns(rows, y, against=single, n_boot=300)
+    assert list(df.columns) == ["lam", "kind", "score", "score_low", "score_high", "score_diff", "score_diff_low",
+                                "score_diff_high", "score_diff_real"]
+    assert (df["score_low"] <= df["score"]).all() and (df["score"] <= df["score_high"]).all()
+    assert df.loc[0, "score"] == stats.accuracy(rows[0]["predictions"], y)
+    assert df.loc[0, "score_diff"] == pytest.approx(df.loc[0, "score"] - stats.accuracy(single, y))
+    assert list(df["score_diff_real"]) == [True, True] and df.loc[0, "score_diff"] < 0 < df.loc[1, "score_diff"]
+    with pytest.raises(ValueError, match="per-row predictions"):
+        stats.interval_columns([{"lam": 0.0}], y)
