@@ -39,7 +39,7 @@ unit: venv
 notebooks: venv
 	rm -rf _build/smoke
 	PEMNB_PROFILE=smoke PEMNB_EXECUTE=all PEMNB_PROGRESS=0 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
-	  PEMNB_CACHE_DIR=$(CURDIR)/.cache/pemnb-test \
+	  PEMNB_CACHE_DIR=$(CURDIR)/.cache/pemnb-test PEMNB_RESULTS_DIR=$(CURDIR)/_build/smoke/results \
 	  $(BIN)/jupyter-book build . $(JB_ARGS) --path-output _build/smoke -W --keep-going
 	# Read the built pages as a reader would: every figure there, math served locally, no build noise.
 	PEMNB_BUILT_BOOK=_build/smoke/_build/html $(BIN)/python -m pytest -q tests/check_book.py
@@ -53,7 +53,8 @@ paper-notebooks: venv
 test: unit notebooks paper-notebooks
 
 book: venv
-	PEMNB_PROFILE=$(PROFILE) PEMNB_PROGRESS=0 $(BIN)/jupyter-book build . $(JB_ARGS) --path-output _build/$(PROFILE)
+	PEMNB_PROFILE=$(PROFILE) PEMNB_PROGRESS=0 PEMNB_RESULTS_DIR=$(CURDIR)/_build/$(PROFILE)/results \
+	  $(BIN)/jupyter-book build . $(JB_ARGS) --path-output _build/$(PROFILE)
 	@echo "book: _build/$(PROFILE)/_build/html/index.html"
 
 # One chapter: the introduction, chapter $(CH) and the glossary and references its links point to, from a
@@ -65,12 +66,14 @@ chapter: venv
 	  echo "usage: make chapter CH=NN [PEMNB_PROFILE=smoke|small|paper], NN one of: $$(ls notebooks/*.ipynb | xargs -n1 basename | cut -c1-2 | tr '\n' ' ')" >&2; exit 2; fi; \
 	mkdir -p $(CHAPTER_DIR); \
 	printf 'format: jb-book\nroot: book/intro\nchapters:\n  - file: %s\n  - file: book/glossary\n  - file: book/references\n' "$${nb%.ipynb}" > $(CHAPTER_DIR)/_toc.yml; \
-	PEMNB_PROFILE=$(PROFILE) PEMNB_EXECUTE=all PEMNB_PROGRESS=0 $(BIN)/jupyter-book build . --toc $(CHAPTER_DIR)/_toc.yml --config _config.yml --path-output $(CHAPTER_DIR)
+	PEMNB_PROFILE=$(PROFILE) PEMNB_EXECUTE=all PEMNB_PROGRESS=0 PEMNB_RESULTS_DIR=$(CURDIR)/$(CHAPTER_DIR)/results \
+	  $(BIN)/jupyter-book build . --toc $(CHAPTER_DIR)/_toc.yml --config _config.yml --path-output $(CHAPTER_DIR)
 	@echo "chapter: $(CHAPTER_DIR)/_build/html/index.html"
 
 # Every chapter (or chapter $(CH)) executed in place at $(PROFILE), one at a time, no cell time limit, stopping
 # at the first failing cell (the notebook is then left as it was), and stamped for the stale-page guard:
-# the outputs stay in notebooks/ for committing, with results/<profile>/<chapter>.json beside them.
+# the outputs stay in notebooks/ for committing, with results/<profile>/<chapter>.json beside them (the only
+# target that writes results/: book builds keep a run's record in their own build folder).
 execute: venv
 	@nbs=$$(ls notebooks/$(if $(CH),$(CH)_,)*.ipynb 2>/dev/null || true); \
 	if [ -z "$$nbs" ]; then echo "no notebook notebooks/$(CH)_*.ipynb; CH is one of: $$(ls notebooks/*.ipynb | xargs -n1 basename | cut -c1-2 | tr '\n' ' ')" >&2; exit 2; fi; \
@@ -80,7 +83,8 @@ execute: venv
 # (pemnb's cache keeps re-execution cheap).
 rebuild: venv
 	rm -rf _build/$(PROFILE)-rebuild
-	PEMNB_PROFILE=$(PROFILE) PEMNB_EXECUTE=all PEMNB_PROGRESS=0 $(BIN)/jupyter-book build . $(JB_ARGS) --path-output _build/$(PROFILE)-rebuild
+	PEMNB_PROFILE=$(PROFILE) PEMNB_EXECUTE=all PEMNB_PROGRESS=0 PEMNB_RESULTS_DIR=$(CURDIR)/_build/$(PROFILE)-rebuild/results \
+	  $(BIN)/jupyter-book build . $(JB_ARGS) --path-output _build/$(PROFILE)-rebuild
 	@echo "book: _build/$(PROFILE)-rebuild/_build/html/index.html"
 
 benchmark: venv

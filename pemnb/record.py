@@ -252,8 +252,8 @@ def load(chapter: str, profile: str = "small", directory: Path | str | None = No
 
 
 def _plain(name: str, value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
+    if isinstance(value, np.generic) or (hasattr(value, "item") and getattr(value, "ndim", None) == 0):
+        value = value.item()  # numpy scalars, 0-d arrays and 0-d tensors
     if isinstance(value, bool) or isinstance(value, str):
         return value
     if isinstance(value, int):

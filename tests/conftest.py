@@ -24,6 +24,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # ... and its own annotations folder: tests never write into a reader's judgements
     if "PEMNB_ANNOTATIONS_DIR" not in os.environ:
         monkeypatch.setenv("PEMNB_ANNOTATIONS_DIR", str(tmp_path_factory.getbasetemp() / "pemnb-annotations"))
+    # ... and its own results folder: a chapter run in a test never writes the book's results/
+    if "PEMNB_RESULTS_DIR" not in os.environ:
+        monkeypatch.setenv("PEMNB_RESULTS_DIR", str(tmp_path_factory.getbasetemp() / "pemnb-results"))
 
 
 @pytest.fixture

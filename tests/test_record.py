@@ -141,3 +141,11 @@ def test_glue_ci_keeps_three_facts():
     ci = stats.paired_diff_ci(np.ones(20), np.zeros(20))
     assert run.glue_ci("merge_gain", ci) is ci
     assert run.facts == {"merge_gain": 1.0, "merge_gain_low": 1.0, "merge_gain_high": 1.0}
+
+
+def test_zero_dimensional_arrays_and_tensors_are_facts():
+    import torch
+    run = record.start("00_x", "smoke")
+    assert run.fact("a", np.array(0.25)) == 0.25 and run.fact("b", torch.tensor(3)) == 3
+    with pytest.raises(TypeError, match="flat"):
+        run.fact("c", np.array([0.25, 0.5]))
