@@ -251,6 +251,35 @@ def load(chapter: str, profile: str = "small", directory: Path | str | None = No
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+RECORD_KEYS = ("chapter", "profile", "commit", "dirty", "pemnb_hash", "machine", "started", "wall_s", "facts")
+
+
+def record_problems(data: Mapping[str, Any], *, repo: Path | None = REPO) -> list[str]:
+    """What is wrong with a recorded run as a committed result ([] when nothing): missing keys, facts
+    that are not flat finite values, a run on uncommitted code, a commit not in `repo`'s history."""
+    missing = [k for k in RECORD_KEYS if k not in data]
+    if missing:
+        return [f"missing keys {missing}"]
+    problems = []
+    if not isinstance(data["facts"], Mapping):
+        problems.append("facts is not a mapping")
+    else:
+        for k, v in data["facts"].items():
+            try:
+                _plain(k, v)
+            except (TypeError, ValueError) as e:
+                problems.append(str(e))
+    if not isinstance(data["wall_s"], (int, float)) or not data["wall_s"] >= 0:
+        problems.append(f"wall_s is {data['wall_s']!r}, not a duration")
+    if data["dirty"]:
+        problems.append("the run used uncommitted changes to pemnb or the data")
+    if repo is not None and data["commit"] and in_history(data["commit"], repo) is False:
+        problems.append(f"its commit {data['commit'][:12]} is not in this repository's history")
+    if repo is not None and not data["commit"] and in_history("HEAD", repo):
+        problems.append("it records no commit (run outside a git checkout)")
+    return problems
+
+
 def _plain(name: str, value: Any) -> Any:
     if isinstance(value, np.generic) or (hasattr(value, "item") and getattr(value, "ndim", None) == 0):
         value = value.item()  # numpy scalars, 0-d arrays and 0-d tensors

@@ -30,6 +30,7 @@ class CI:
     level: float
     n: int
     n_boot: int
+    se: float = math.nan  # the bootstrap standard error: the standard deviation of the resampled statistic
 
     @property
     def width(self) -> float:
@@ -132,6 +133,15 @@ def is_real(ci: CI | tuple[float, float]) -> bool:
     return low > 0 or high < 0
 
 
+def beats(ci: CI, reference: float, n_se: float = 2.0) -> bool:
+    """Whether an estimate lies more than `n_se` standard errors above a fixed reference (a majority-class
+    rate, chance, a Pearson of 0) — the form of a target such as "beats the majority rate by more than two
+    standard errors on the evaluation rows"."""
+    if not math.isfinite(ci.se):
+        raise ValueError("this interval has no standard error (make it with bootstrap_ci)")
+    return ci.estimate - n_se * ci.se > reference
+
+
 def standard_error(values) -> float:
     """Standard error of a mean of per-row values (sample standard deviation / √n)."""
     v = np.asarray(values, dtype=np.float64)
@@ -187,7 +197,8 @@ def _interval(estimate: float, draws: np.ndarray, level: float, n: int, n_boot: 
         raise ValueError("the statistic is not finite on any resample")
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(finite, [tail, 100 - tail])
-    return CI(estimate=estimate, low=float(low), high=float(high), level=level, n=n, n_boot=n_boot)
+    se = float(finite.std(ddof=1)) if len(finite) > 1 else 0.0
+    return CI(estimate=estimate, low=float(low), high=float(high), level=level, n=n, n_boot=n_boot, se=se)
 
 
 def interval_columns(rows: Sequence[Mapping], labels, *, statistic: Statistic = accuracy,

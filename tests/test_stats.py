@@ -161,3 +161,16 @@ def test_interval_columns_for_a_sweep():
     assert list(df["score_diff_real"]) == [True, True] and df.loc[0, "score_diff"] < 0 < df.loc[1, "score_diff"]
     with pytest.raises(ValueError, match="per-row predictions"):
         stats.interval_columns([{"lam": 0.0}], y)
+
+
+def test_bootstrap_standard_error_and_beats():
+    rng = np.random.default_rng(11)
+    x = (rng.random(400) < 0.7).astype(float)
+    ci = stats.bootstrap_ci(x, n_boot=2000)
+    # the bootstrap SE of a mean is close to the textbook one
+    assert ci.se == pytest.approx(stats.standard_error(x), rel=0.1)
+    assert stats.beats(ci, 0.6) and not stats.beats(ci, 0.69)
+    assert stats.beats(ci, ci.estimate - 2.01 * ci.se) and not stats.beats(ci, ci.estimate - 1.99 * ci.se)
+    assert stats.bootstrap_ci(np.ones(10)).se == 0.0
+    with pytest.raises(ValueError, match="no standard error"):
+        stats.beats(stats.CI(0.5, 0.4, 0.6, 0.95, 10, 100), 0.3)
