@@ -140,6 +140,13 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def _overrides() -> str | None:
+    """$PEMNB_PROFILE_OVERRIDES as the run saw it (None when unset): a run with overrides is not a run
+    of the named profile."""
+    from .profiles import OVERRIDES_ENV
+    return os.environ.get(OVERRIDES_ENV, "").strip() or None
+
+
 def results_dir() -> Path:
     """$PEMNB_RESULTS_DIR, else ``results/`` beside the book."""
     return Path(os.environ.get(RESULTS_ENV) or REPO / "results").expanduser()
@@ -170,6 +177,7 @@ class Run:
         self.chapter, self.profile, self.commit, self.dirty = chapter, profile, commit, dirty
         self.pemnb_hash, self.machine, self.started = pemnb, machine, started
         self.facts: dict[str, Any] = {}
+        self.overrides = _overrides()
         self.wall_s: float | None = None
         self.path: Path | None = None
         self._t0 = time.monotonic()
@@ -218,7 +226,7 @@ class Run:
     def as_dict(self) -> dict[str, Any]:
         return {"chapter": self.chapter, "profile": self.profile, "commit": self.commit, "dirty": self.dirty,
                 "pemnb_hash": self.pemnb_hash, "machine": self.machine, "started": self.started,
-                "wall_s": self.wall_s, "facts": dict(self.facts)}
+                "wall_s": self.wall_s, "overrides": self.overrides, "facts": dict(self.facts)}
 
     def finish(self, facts: Mapping[str, Any] | None = None, *, directory: Path | str | None = None) -> Path:
         """Stop the clock, add `facts` (a flat mapping of numbers/strings) to the glued ones, and write
@@ -273,6 +281,8 @@ def record_problems(data: Mapping[str, Any], *, repo: Path | None = REPO) -> lis
         problems.append(f"wall_s is {data['wall_s']!r}, not a duration")
     if data["dirty"]:
         problems.append("the run used uncommitted changes to pemnb or the data")
+    if data.get("overrides"):
+        problems.append(f"the run's profile was changed by $PEMNB_PROFILE_OVERRIDES ({data['overrides']})")
     if repo is not None and data["commit"] and in_history(data["commit"], repo) is False:
         problems.append(f"its commit {data['commit'][:12]} is not in this repository's history")
     if repo is not None and not data["commit"] and in_history("HEAD", repo):
@@ -363,7 +373,7 @@ def stamp(path: Path | str, profile: str | None = None) -> dict[str, Any]:
     record = {"code_cells": code_cells_hash(nb), "pemnb_hash": pemnb_hash(),
               "profile": profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE,
               "commit": commit, "dirty": dirty, "machine": machine(), "wall_s": executed_wall_s(nb),
-              "stamped": _utc_now()}
+              "overrides": _overrides(), "stamped": _utc_now()}
     nb.metadata[STAMP_KEY] = record
     _write_notebook(nb, path)
     return record
@@ -385,6 +395,8 @@ def stamp_problems(nb: Mapping, *, repo: Path | None = REPO) -> list[str]:
     if s.get("dirty"):
         problems.append("its outputs come from uncommitted changes to pemnb or the data: commit them, then "
                         "re-execute")
+    if s.get("overrides"):
+        problems.append(f"its outputs come from a profile changed by $PEMNB_PROFILE_OVERRIDES ({s['overrides']})")
     if s.get("profile") == "smoke":
         problems.append("its outputs come from the smoke profile (a test run); execute it at small")
     if repo is not None and s.get("commit") and in_history(s["commit"], repo) is False:

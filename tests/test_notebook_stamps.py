@@ -63,7 +63,7 @@ def test_stamped_notebook_passes_until_a_code_cell_changes(tmp_path):
 
 @pytest.mark.parametrize("field, value, message", [
     ("dirty", True, "uncommitted changes"), ("profile", "smoke", "smoke profile"),
-    ("commit", "0" * 40, "not in this repository's history"),
+    ("commit", "0" * 40, "not in this repository's history"), ("overrides", '{"steps": 2}', "OVERRIDES"),
 ])
 def test_stamps_from_a_run_that_cannot_be_committed_fail(tmp_path, field, value, message):
     path = _notebook(tmp_path, executed=True)

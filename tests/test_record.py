@@ -82,6 +82,14 @@ def test_run_writes_the_record_atomically(tmp_path):
     assert record.load("01_distribution_generalization", "smoke", tmp_path) == data
 
 
+def test_profile_overrides_are_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv("PEMNB_PROFILE_OVERRIDES", '{"steps": 2}')
+    data = json.loads(record.start("00_x", "small").finish(directory=tmp_path).read_text())
+    assert data["overrides"] == '{"steps": 2}'
+    monkeypatch.delenv("PEMNB_PROFILE_OVERRIDES")
+    assert record.start("00_x", "small").overrides is None
+
+
 def test_results_dir_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(record.RESULTS_ENV, str(tmp_path / "res"))
     path = record.start("00_x", "small").finish()

@@ -34,4 +34,5 @@ def test_a_fresh_record_passes_and_damaged_ones_fail(tmp_path):
     assert any("flat" in p for p in record.record_problems({**data, "facts": {"acc": [1, 2]}}))
     assert any("uncommitted" in p for p in record.record_problems({**data, "dirty": True}))
     assert any("not in this repository" in p for p in record.record_problems({**data, "commit": "f" * 40}))
+    assert any("OVERRIDES" in p for p in record.record_problems({**data, "overrides": '{"steps": 2}'}))
     assert any("not a duration" in p for p in record.record_problems({**data, "wall_s": None}))
