@@ -7,7 +7,7 @@ interval excludes 0 (:func:`pemnb.stats.is_real`).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -88,6 +88,19 @@ def versus(value: CI | tuple[float, float], reference: float, *, above: str = "b
     if high < reference:
         return below
     return near
+
+
+def grade(value: float, cuts: Sequence[tuple[float, str]], top: str) -> str:
+    """The word for a magnitude: the word of the first cut `value` lies below, else `top`. E.g. a
+    relative error: ``grade(err, [(0.02, "negligible"), (0.1, "small"), (0.3, "sizeable")], "large")``
+    — so a 24% error is never called small because the prose was written for a 2% one."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"value must be finite, got {value}")
+    bounds = [c for c, _ in cuts]
+    if bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
+        raise ValueError(f"cuts must be strictly increasing, got {bounds}")
+    return next((word for cut, word in cuts if v < cut), top)
 
 
 def _diff_and_ci(diff, ci) -> tuple[float, CI | tuple[float, float]]:

@@ -77,3 +77,13 @@ def test_versus_a_fixed_reference():
     assert wording.versus((0.45, 0.55), 0.5) == "is indistinguishable from"
     with pytest.raises(ValueError, match="finite"):
         wording.versus((0.45, 0.55), float("inf"))
+
+
+def test_grade_names_a_magnitude_from_its_value():
+    cuts = [(0.02, "negligible"), (0.1, "small"), (0.3, "sizeable")]
+    assert [wording.grade(e, cuts, "large") for e in (0.001, 0.05, 0.24, 0.3, 2.0)] == \
+        ["negligible", "small", "sizeable", "large", "large"]
+    with pytest.raises(ValueError, match="strictly increasing"):
+        wording.grade(0.1, [(0.2, "a"), (0.1, "b")], "c")
+    with pytest.raises(ValueError, match="finite"):
+        wording.grade(float("nan"), cuts, "large")
