@@ -2,11 +2,13 @@
 numbers its prose quotes — on the page, in ``results/<profile>/<chapter>.json``, and stamped into the
 executed notebook so a stale page is caught.
 
-In a chapter::
+In a chapter (the chapter name is the notebook's file name without .ipynb)::
 
-    run = record.start("01_distribution_generalization", profile)   # top: run.header() shows the record
-    run.glue("lora_avg_merged", value)                             # glue a number AND keep it as a fact
-    run.finish()                                                   # bottom: writes the JSON, returns its path
+    run = record.start("01_distribution_generalization", profile)   # first cell, after load_profile()
+    tables.provenance(p, ..., **run.provenance())                  # + commit, pemnb hash, machine rows
+    run.glue("lora_avg_merged", value, display=False)              # glue a number AND keep it as a fact
+    run.glue_ci("merge_gain", stats.paired_diff_ci(a, b))          # an interval: three facts
+    run.finish(); run.header()                                     # last cell: JSON written, record shown
 
 From a shell (``make execute`` does both)::
 
@@ -473,7 +475,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         if not nb_path.is_file():
             parser.error(f"no notebook at {nb_path}")
     for nb_path in args.notebooks:
-        s = (execute if args.command == "execute" else stamp)(nb_path, args.profile)
+        try:
+            s = (execute if args.command == "execute" else stamp)(nb_path, args.profile)
+        except ValueError as e:
+            parser.exit(2, f"{parser.prog} {args.command}: {e}\n")
         wall = f", {duration(s['wall_s'])}" if s.get("wall_s") is not None else ""
         print(f"{nb_path}: stamped (profile {s['profile']}, commit {(s['commit'] or 'none')[:12]}, "
               f"pemnb {s['pemnb_hash']}{wall})")
