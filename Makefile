@@ -48,7 +48,8 @@ notebooks: venv
 # stand-in data (the hub replaced through $PEMNB_HUB_DIR): the paper code paths, cells included.
 paper-notebooks: venv
 	rm -rf .cache/paper-notebooks
-	PEMNB_DRYRUN_DIR=$(CURDIR)/.cache/paper-notebooks $(BIN)/python tests/paper_notebooks.py
+	PEMNB_DRYRUN_DIR=$(CURDIR)/.cache/paper-notebooks PEMNB_RESULTS_DIR=$(CURDIR)/.cache/paper-notebooks/results \
+	  $(BIN)/python tests/paper_notebooks.py
 
 test: unit notebooks paper-notebooks
 
