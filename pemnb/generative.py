@@ -103,7 +103,10 @@ class DecoderBench(WritesInPlace):
     """One generative backbone (decoder-only, or T5) with one module attached."""
 
     def __init__(self, profile: Profile, kind: str, *, backbone: str | None = None, cache: Cache | None = None,
-                 lora_r: int | None = None, lora_alpha: int | None = None, progress: bool = True):
+                 lora_r: int | None = None, lora_alpha: int | None = None, dropout: float = 0.0,
+                 target_modules: Sequence[str] | None = None, progress: bool = True):
+        """`dropout` and `target_modules` configure a LoRA module (default: no dropout, the family's
+        targets), e.g. the instruction chapter's Alpaca-LoRA layout."""
         self.profile, self.kind, self.progress = profile, kind, progress
         self.backbone = backbone or profile.decoder
         self.cache = cache if cache is not None else Cache()
@@ -114,7 +117,8 @@ class DecoderBench(WritesInPlace):
         model, self.tokenizer = load_backbone(self.backbone, task, seed=profile.seed, device=profile.device,
                                               dtype=self.dtype)
         self.r, self.alpha = lora_r or profile.lora_r, lora_alpha or profile.lora_alpha
-        self.model = attach(model, kind, r=self.r, alpha=self.alpha, init_seed=profile.seed)
+        self.model = attach(model, kind, r=self.r, alpha=self.alpha, dropout=dropout, init_seed=profile.seed,
+                            target_modules=target_modules)
         self.init_state = read_state(self.model)
 
     # ------------------------------------------------------------------------------------ data

@@ -25,11 +25,11 @@ import pandas as pd
 import torch
 
 from . import arithmetic
-from .backbones import frozen_dtype, hub_source, load_backbone
+from .backbones import hub_source
 from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
 from .generative import DecoderBench, prompt_answer_examples
 from .judge import LocalChat, generate_texts, write_fewshot_instructions, write_seed_instructions
-from .modules import ADAPTER_FILES, attach, import_peft, read_state
+from .modules import ADAPTER_FILES, import_peft
 from .paths import data_dir
 from .profiles import Profile
 
@@ -346,23 +346,16 @@ class InstructBench(DecoderBench):
 
     def __init__(self, profile: Profile, cfg: Mapping | None = None, *, cache: Cache | None = None,
                  progress: bool = True):
-        # DecoderBench.__init__ cannot take LoRA targets/dropout, so this replicates it with them.
         self.cfg = dict(cfg or settings(profile))
-        self.profile, self.kind, self.progress = profile, "lora", progress
-        self.backbone = self.cfg["backbone"] or profile.decoder
-        self.cache = cache if cache is not None else Cache()
+        if self.cfg.get("micro_batch"):  # passes of this many examples accumulate to one batch
+            profile = dataclasses.replace(profile, micro_batch=int(self.cfg["micro_batch"]))
+        super().__init__(profile, "lora", backbone=self.cfg["backbone"] or profile.decoder, cache=cache,
+                         lora_r=self.cfg["lora_r"], lora_alpha=self.cfg["lora_alpha"], dropout=self.cfg["dropout"],
+                         target_modules=self.cfg["targets"], progress=progress)
+        if self.encoder_decoder:
+            raise ValueError(f"{self.backbone}: the instruction chapter needs a decoder-only backbone")
         self.results = Cache(self.cache.root, namespace="instruct",
                              code_modules=TRAINING_CODE + ("pemnb.instruct", "pemnb.judge", "pemnb.evaluate"))
-        self.encoder_decoder = False
-        if self.cfg.get("micro_batch"):  # passes of this many examples accumulate to one batch
-            self.profile = dataclasses.replace(profile, micro_batch=int(self.cfg["micro_batch"]))
-        self.dtype = frozen_dtype(self.backbone, "lora", profile.dtype)
-        model, self.tokenizer = load_backbone(self.backbone, "causal_lm", seed=profile.seed, device=profile.device,
-                                              dtype=self.dtype)
-        self.r, self.alpha = self.cfg["lora_r"], self.cfg["lora_alpha"]
-        self.model = attach(model, "lora", r=self.r, alpha=self.alpha, dropout=self.cfg["dropout"],
-                            init_seed=profile.seed, target_modules=self.cfg["targets"])
-        self.init_state = read_state(self.model)
         self.template = load_template()
 
     def _key(self) -> dict:
