@@ -36,7 +36,10 @@ def environment(work: Path) -> dict[str, str]:
     return {"PEMNB_PROFILE": "paper", "PEMNB_PROFILE_OVERRIDES": json.dumps(overrides), "PEMNB_HUB_DIR": str(hub),
             "PEMNB_DATA_DIR": str(data), "PEMNB_CACHE_DIR": str(work / "cache"),
             "PEMNB_ANNOTATIONS_DIR": str(work / "annotations"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            # a non-interactive run, as the book's: no progress bars and the explorers' static curves
+            # (a live ipywidgets Output under nbclient can leave the client waiting forever)
+            "PEMNB_PROGRESS": "0"}
 
 
 def main(chapters: list[str]) -> int:
@@ -53,7 +56,7 @@ def main(chapters: list[str]) -> int:
         nb = nbformat.read(nb_path, as_version=4)
         t0 = time.perf_counter()
         try:
-            NotebookClient(nb, timeout=1800, kernel_name="python3",
+            NotebookClient(nb, timeout=600, kernel_name="python3",
                            resources={"metadata": {"path": str(nb_path.parent)}}).execute()
             print(f"{nb_path.name}: ok ({time.perf_counter() - t0:.0f} s)", flush=True)
         except Exception as e:  # report every chapter, then fail
