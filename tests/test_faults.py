@@ -19,24 +19,12 @@ import pytest
 import torch
 
 import pemnb.cache as cache_mod
-from pemnb.backbones import load_backbone
 from pemnb.cache import Cache, clean_orphans, is_orphan
-from pemnb.modules import attach, read_state
+from pemnb.modules import read_state
 from pemnb.train import default_checkpoint_every, train_module
+from test_train import fresh, toy_examples  # tests/ is on the path, as for every test file
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def toy_examples(tok, n=24):
-    texts = [("good " * (1 + i % 5)).strip() if i % 2 else ("bad " * (1 + i % 7)).strip() for i in range(n)]
-    enc = tok(texts, truncation=True, max_length=16)
-    return [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": i % 2}
-            for i in range(n)]
-
-
-def fresh(kind="lora"):
-    model, tok = load_backbone("smoke-bert", "classification", seed=0, device="cpu")
-    return attach(model, kind, r=4, alpha=8, init_seed=0), tok
 
 
 def run(tmp_path=None, kind="lora", **kw):
