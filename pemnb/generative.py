@@ -14,7 +14,7 @@ from . import arithmetic
 from .backbones import frozen_dtype, get_backbone, load_backbone
 from .cache import Cache, code_version
 from .classify import is_main_process, use_one_thread_for_tiny_models
-from .evaluate import perplexity, sample, score_choices
+from .evaluate import constrained_scores, perplexity, sample
 from .modules import attach, lora_scaling, read_state, write_state
 from .sweep import WritesInPlace
 from .profiles import Profile
@@ -39,7 +39,7 @@ def prompt_answer_examples(tokenizer, prompts: Sequence[str], answers: Sequence[
     out = []
     for p, a in zip(prompts, answers):
         # The prompt carries the tokenizer's special tokens (LLaMA's BOS, T5's closing </s>) exactly as
-        # evaluate.score_choices tokenises prompts at evaluation time; the answer carries none.
+        # evaluate.constrained_scores tokenises prompts at evaluation time; the answer carries none.
         p_ids, a_ids = tokenizer(p)["input_ids"], _ids(tokenizer, a) + eos
         if encoder_decoder:
             out.append({"input_ids": p_ids[-max_length:], "attention_mask": [1] * len(p_ids[-max_length:]),
@@ -166,9 +166,11 @@ class DecoderBench(WritesInPlace):
 
     # ------------------------------------------------------------------------------------ evaluate
     def choice_scores(self, state, prompts: Sequence[str], choices: Sequence[str], batch_size: int = 16) -> np.ndarray:
-        """Log-probabilities (n_prompts, n_choices) of the allowed answers under module `state`."""
+        """Scores (n_prompts, n_choices) of the allowed answers under module `state`, as the paper's
+        constrained decoding ranks them (:func:`pemnb.evaluate.constrained_scores`: the answer and the
+        end of sequence after it), so the argmax is constrained beam search's answer."""
         self.use(state)
-        return score_choices(self.model, self.tokenizer, prompts, choices, batch_size, progress=self.progress)
+        return constrained_scores(self.model, self.tokenizer, prompts, choices, batch_size, progress=self.progress)
 
     def accuracy(self, state, prompts: Sequence[str], choices: Sequence[str], labels: Sequence[int]) -> float:
         """Accuracy of constrained answering (argmax over `choices`) against label indices."""
