@@ -19,6 +19,7 @@ from pemnb import distribution as D
 from pemnb.cache import Cache
 from pemnb.classify import ClassifierBench
 from pemnb.profiles import load_profile
+from pemnb.sweep import sweep
 
 from .common import alternate
 
@@ -43,7 +44,8 @@ def run(n: int = 200, repeat: int = 3) -> dict:
 
         def chapter_sweep():
             bench.results = next(caches)  # empty: every evaluation is computed and written
-            return [bench.evaluate(arithmetic.merge(theta1, theta2, lam, KIND), batches) for lam in grid]
+            return sweep(lambda lam: arithmetic.merge(theta1, theta2, lam, KIND), grid, bench.scorer(batches),
+                         progress=False)
 
         def forward_only():
             return [batches.logits(bench.model) for _ in grid]

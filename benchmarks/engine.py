@@ -124,7 +124,9 @@ def run(n_eval: int = 64, grid_points: int = 11, repeat: int = 5, repeat_eval: i
         write_state(engine, M.compose("linear", [s1, s2], [lam, 1 - lam]))
 
     def engine_sweep(ev=None):
-        return SW.sweep(engine, SW.pair("linear", s1, s2), grid, ev or (lambda m: {}), progress=False)
+        with SW.restored(engine) as writer:  # as a chapter sweeps: the live module given back after
+            return SW.sweep(SW.pair("linear", s1, s2), grid, SW.in_place(engine, ev or (lambda m: {}), writer),
+                            progress=False)
 
     def loop(point):
         return lambda: [point(lam) for lam in grid]

@@ -39,9 +39,10 @@ def run(kinds: tuple[str, ...] = ("lora", "ia3", "fft"), grid_step: float = 0.02
         evaluate = functools.partial(classify, batches=batches, task=td.name)
         compose = functools.partial(_merge, modules["s0"], modules["s1"], kind=kind)
         t0 = time.perf_counter()
-        full = SW.sweep(bench.model, compose, grid, evaluate, progress=False)
+        score = SW.in_place(bench.model, evaluate)
+        full = SW.sweep(compose, grid, score, progress=False)
         t1 = time.perf_counter()
-        found, _ = SW.best_lambda(bench.model, compose, grid, evaluate, metric, prefer=prefer)
+        found, _ = SW.best_lambda(compose, grid, score, metric, prefer=prefer)
         t2 = time.perf_counter()
         lam_full = D.select_lambda(full, metric)
         curve = {r["lam"]: float(r[metric]) for r in full}

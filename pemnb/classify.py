@@ -6,9 +6,10 @@ one forward pass over the evaluation set per λ.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -144,13 +145,13 @@ class ClassifierBench(WritesInPlace):
         """Rows {module: name, metric…, **labels} for several named states."""
         return [{"module": name, **labels, **self.evaluate(state, batches)} for name, state in states.items()]
 
-    def sweep(self, compose: Callable[[float], Mapping[str, torch.Tensor]], grid: Iterable[float],
-              batches: EvalBatches, **labels) -> list[dict]:
-        """Rows {lam, metric…, **labels}: `compose(λ)` written into the live model and evaluated."""
-        rows = []
-        for lam in grid:
-            rows.append({"lam": float(lam), **labels, **self.evaluate(compose(lam), batches)})
-        return rows
+    def scorer(self, batches: EvalBatches) -> Callable[[Mapping[str, torch.Tensor]], dict[str, float]]:
+        """The `score` of :func:`pemnb.sweep.sweep` for this bench on `batches`: :meth:`evaluate`
+        (the state written into the live model in place, the result cached)."""
+        return functools.partial(self._score, batches)
+
+    def _score(self, batches: EvalBatches, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        return self.evaluate(state, batches)
 
     def scaling(self) -> float:
         """α/r of the LoRA module (for ΔW)."""

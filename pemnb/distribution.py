@@ -14,6 +14,7 @@ reported beside it.
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .backbones import torch_threads
 from .cache import TRAINING_CODE, Cache, presentation
 from .evaluate import METRICS, headline_metric
 from .profiles import Profile, inclusive_grid
+from .sweep import sweep as lam_sweep
 
 CHAPTER = "distribution"
 
@@ -331,11 +333,9 @@ def run_task_kind(profile: Profile, td: TaskData, kind: str, settings: Mapping[s
         t0 = time.perf_counter()
         bench, modules = train_modules(profile, td, kind, settings, cache=cache, progress=progress)
         sets = {"select": bench.batches(td.select), "eval": bench.batches(td.evalset)}
-        sweep = []
-        for lam in grid:
-            merged = arithmetic.merge(modules["s0"], modules["s1"], lam, kind)
-            for split, b in sets.items():
-                sweep.append({"lam": float(lam), "split": split, **bench.evaluate(merged, b)})
+        merge = functools.partial(_merge_pair, modules["s0"], modules["s1"], kind)
+        sweep = [row for split, b in sets.items()
+                 for row in lam_sweep(merge, grid, bench.scorer(b), progress=False, split=split)]
         # λ = 1 is s0 and λ = 0 is s1 exactly, so only the fullset needs its own evaluation.
         single = [{"module": "fullset", **bench.evaluate(modules["fullset"], sets["eval"])}]
         for sub, lam in (("s0", 1.0), ("s1", 0.0)):
@@ -390,6 +390,10 @@ def run_chapter(profile: Profile, settings: Mapping[str, Any] | None = None, *, 
     cache = cache if cache is not None else Cache(code_modules=CODE)
     with torch_threads(1 if profile.encoder.startswith("smoke") else None):
         return _run_chapter(profile, settings, cache, progress)
+
+
+def _merge_pair(theta0, theta1, kind: str, lam: float):
+    return arithmetic.merge(theta0, theta1, lam, kind)
 
 
 def _run_chapter(profile: Profile, settings: dict, cache: Cache, progress: bool) -> "ChapterResult":

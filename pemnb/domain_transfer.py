@@ -259,35 +259,39 @@ def transfer_rows(bench: DecoderBench, modules: Mapping[str, Mapping[str, torch.
 
     cls(source) is the analogy at λ = 1 exactly (checked on the states); it is then read off that
     evaluation instead of being scored twice."""
-    from .progress import tqdm
+    from .sweep import sweep
 
-    kind, jobs = bench.kind, []
-    for src, tgt in s["directions"]:
-        base = {"backbone": bench.backbone, "kind": kind, "direction": f"{src} → {tgt}", "source": src,
-                "target": tgt}
-        cls_s, lm_t, lm_s = (modules[module_name("cls", src)], modules[module_name("LM", tgt)],
-                             modules[module_name("LM", src)])
-        if zero_shot:
-            jobs.append((base, ZERO_SHOT, None, lambda: bench.identity()))
-        jobs.append((base, "target cls (ceiling)", None, lambda t=tgt: modules[module_name("cls", t)]))
-        grid = [float(x) for x in s["lam_grid"]]
-        exact = 1.0 in grid and arithmetic.max_abs_diff(arithmetic.analogy(cls_s, lm_t, lm_s, 1.0, kind), cls_s) == 0
-        if not exact:
-            jobs.append((base, "source cls", None, lambda c=cls_s: c))
-        for lam in grid:
-            jobs.append((base, "analogy", lam,
-                         lambda c=cls_s, t=lm_t, m=lm_s, l=lam: arithmetic.analogy(c, t, m, l, kind)))
-    rows, progress = [], bench.progress
-    bench.progress = False  # one bar for the whole list, not one per evaluation
+    kind, rows, progress = bench.kind, [], bench.progress
+
+    def score_on(target: str):
+        ev = evals[target]
+
+        def score(state) -> dict:
+            scores = bench.choice_scores(state, ev["prompts"], ANSWERS, batch_size=s["eval_batch_size"])
+            return {**accuracies(scores, ev), "n_test": int((~ev["is_dev"]).sum()), "n_dev": int(ev["is_dev"].sum())}
+        return score
+
+    bench.progress = False  # one bar per direction's λ sweep, not one per evaluation
     try:
-        for base, method, lam, state in tqdm(jobs, desc=f"evaluate {kind}", disable=not progress):
-            ev = evals[base["target"]]
-            scores = bench.choice_scores(state(), ev["prompts"], ANSWERS, batch_size=s["eval_batch_size"])
-            rows.append({**base, "method": method, "lam": lam, **accuracies(scores, ev),
-                         "n_test": int((~ev["is_dev"]).sum()), "n_dev": int(ev["is_dev"].sum())})
-            if method == "analogy" and lam == 1.0 and not any(
-                    r["method"] == "source cls" and r["direction"] == base["direction"] for r in rows):
-                rows.append({**rows[-1], "method": "source cls", "lam": None})
+        for src, tgt in s["directions"]:
+            base = {"backbone": bench.backbone, "kind": kind, "direction": f"{src} → {tgt}", "source": src,
+                    "target": tgt}
+            cls_s, lm_t, lm_s = (modules[module_name("cls", src)], modules[module_name("LM", tgt)],
+                                 modules[module_name("LM", src)])
+            score = score_on(tgt)
+            if zero_shot:
+                rows.append({**base, "method": ZERO_SHOT, "lam": None, **score(bench.identity())})
+            rows.append({**base, "method": "target cls (ceiling)", "lam": None,
+                         **score(modules[module_name("cls", tgt)])})
+            grid = [float(x) for x in s["lam_grid"]]
+            exact = 1.0 in grid and arithmetic.max_abs_diff(arithmetic.analogy(cls_s, lm_t, lm_s, 1.0, kind), cls_s) == 0
+            if not exact:
+                rows.append({**base, "method": "source cls", "lam": None, **score(cls_s)})
+            for r in sweep(lambda lam: arithmetic.analogy(cls_s, lm_t, lm_s, lam, kind), grid, score,
+                           progress=progress, desc=f"evaluate {kind} {src} → {tgt}"):
+                rows.append({**base, "method": "analogy", **r})
+                if exact and r["lam"] == 1.0:
+                    rows.append({**rows[-1], "method": "source cls", "lam": None})
     finally:
         bench.progress = progress
     return rows

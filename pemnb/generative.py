@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -185,11 +185,6 @@ class DecoderBench(WritesInPlace):
     def sample(self, state, prompt: str, n: int, **kw) -> list[str]:
         self.use(state)
         return sample(self.model, self.tokenizer, prompt, n, progress=self.progress, **kw)
-
-    def sweep(self, compose: Callable[[float], Mapping[str, torch.Tensor]], grid: Iterable[float],
-              measure: Callable[["DecoderBench", Mapping[str, torch.Tensor]], Mapping[str, float]], **labels) -> list[dict]:
-        """Rows {lam, **measure(bench, compose(λ)), **labels} for each λ."""
-        return [{"lam": float(lam), **labels, **measure(self, compose(lam))} for lam in grid]
 
     def scaling(self) -> float:
         return lora_scaling(self.model)

@@ -258,16 +258,18 @@ def method_sweep(scenario: Scenario, settings: Mapping[str, Any], methods: Seque
                  progress: bool = True) -> list[dict]:
     """Rows {scenario, method, lam, metrics…, score, compose_s, eval_s}: every method swept over λ on
     the scenario's live model with :func:`pemnb.sweep.sweep` (the model's module is restored after)."""
-    from .sweep import sweep
+    from .sweep import in_place, restored, sweep
 
     rows = []
-    for m in methods:
-        # ΔWᵢ, TIES' trims and DARE's masks do not depend on λ: computed once per method, not per point.
-        at = MM.prepare(m, [scenario.theta1, scenario.theta2], **method_kwargs(m, settings, scenario.scaling))
-        compose = functools.partial(_compose_prepared, at)
-        for r in sweep(scenario.model, compose, settings["lam_grid"], scenario.evaluate, progress=progress,
-                       desc=f"{scenario.name} · {m}", timings=True):
-            rows.append({"scenario": scenario.name, "method": m, **r, "score": float(r[scenario.score])})
+    with restored(scenario.model) as writer:
+        score = in_place(scenario.model, scenario.evaluate, writer)
+        for m in methods:
+            # ΔWᵢ, TIES' trims and DARE's masks do not depend on λ: computed once per method, not per point.
+            at = MM.prepare(m, [scenario.theta1, scenario.theta2], **method_kwargs(m, settings, scenario.scaling))
+            compose = functools.partial(_compose_prepared, at)
+            for r in sweep(compose, settings["lam_grid"], score, progress=progress, desc=f"{scenario.name} · {m}",
+                           timings=True):
+                rows.append({"scenario": scenario.name, "method": m, **r, "score": float(r[scenario.score])})
     return rows
 
 

@@ -367,14 +367,13 @@ def train_task_modules(bench, examples: Mapping[str, Sequence[dict]], hparams: M
 def merge_sweep(evaluate: Callable[[Mapping[str, torch.Tensor]], Mapping[str, float]], theta_mnli, theta_rte,
                 kind: str, grid: Sequence[float], progress: bool = True) -> list[dict]:
     """Long rows {kind, lam, task, accuracy} of θ = λθ_MNLI + (1−λ)θ_RTE on every task (λ = 1: the MNLI
-    module alone, λ = 0: the RTE module alone)."""
-    from .progress import tqdm
+    module alone, λ = 0: the RTE module alone), through :func:`pemnb.sweep.sweep`."""
+    from .sweep import sweep
 
-    rows = []
-    for lam in tqdm(list(grid), desc=f"{kind} λ sweep", disable=not progress):
-        acc = evaluate(arithmetic.merge(theta_mnli, theta_rte, lam, kind))
-        rows += [{"kind": kind, "lam": float(lam), "task": task, "accuracy": a} for task, a in acc.items()]
-    return rows
+    wide = sweep(lambda lam: arithmetic.merge(theta_mnli, theta_rte, lam, kind), grid, evaluate,
+                 progress=progress, desc=f"{kind} λ sweep")
+    return [{"kind": kind, "lam": r["lam"], "task": task, "accuracy": a}
+            for r in wide for task, a in r.items() if task != "lam"]
 
 
 def summary(sweep_rows: Sequence[Mapping], zero_shot: Mapping[str, float] | None = None) -> "pd.DataFrame":

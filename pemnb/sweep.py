@@ -1,11 +1,12 @@
-"""The λ-sweep engine: load the backbone once, and for each λ write the composed module into the live
-model in place (no new adapter objects, no reload), then evaluate.
+"""The λ sweep, the one every chapter runs: for each λ, compose the module state, write it into the live
+model in place (no new adapter objects, no reload) and score it (:func:`sweep`).
 
-``compose(λ)`` returns either a module state (written with :func:`pemnb.modules.write_state`) or a
-:class:`pemnb.merge_methods.DenseDelta` (added to the base weights for the evaluation and taken off
-again, see :func:`delta_applied`). ``evaluate(model)`` returns a dict of metrics, e.g.
-``functools.partial(pemnb.evaluate.classify, batches=..., task=...)`` over
-:class:`pemnb.evaluate.EvalBatches` built once before the sweep.
+``compose(λ)`` returns a module state or a :class:`pemnb.merge_methods.DenseDelta` (added to the base
+weights for the evaluation and taken off again, see :func:`delta_applied`). ``score(composed)`` is the
+one way to evaluate a state: a bench's ``scorer`` (:class:`pemnb.classify.ClassifierBench`,
+:class:`pemnb.generative.DecoderBench`: written in place, cached), or :func:`in_place` over a bare model
+with an ``evaluate(model)`` such as ``functools.partial(pemnb.evaluate.classify, batches=..., task=...)``.
+:func:`restored` gives the model its module back afterwards.
 
 Two pieces keep the per-λ overhead (everything but the evaluation) to a fraction of a millisecond on a
 small model: :class:`pemnb.modules.StateWriter` is ``write_state`` bound to one model (the parameters
@@ -146,41 +147,56 @@ def apply_and_evaluate(model, composed: Composed, evaluate: Callable[[object], M
     return dict(evaluate(model))
 
 
-def sweep(model, compose: Callable[[float], Composed], grid: Iterable[float],
-          evaluate: Callable[[object], Mapping[str, float]], *, progress: bool = True, desc: str = "λ sweep",
-          restore: bool = True, timings: bool = False, writer: StateWriter | None = None,
-          **labels) -> list[dict]:
-    """Rows ``{lam, **labels, **metrics}``, one per λ in `grid`: ``compose(λ)`` is written into the live
-    `model` in place and ``evaluate(model)`` scores it.
+def sweep(compose: Callable[[float], Composed], grid: Iterable[float],
+          score: Callable[[Composed], Mapping[str, Any]], *, progress: bool = True, desc: str = "λ sweep",
+          timings: bool = False, **labels) -> list[dict]:
+    """The λ sweep — every chapter's: rows ``{lam, **labels, **score(compose(λ))}``, one per λ in `grid`.
 
-    The model is loaded once by the caller; no adapter is created and nothing is reloaded per λ.
-    restore: write the module state the model had before the sweep back at the end.
-    timings: add ``compose_s`` (time to compose) and ``eval_s`` (write + evaluate) to each row.
-    writer: a :class:`StateWriter` of `model`, built once and reused across sweeps (default: a new one).
+    `score` is the one way a chapter scores a composed state: a bench's :meth:`scorer` (the state is
+    written into the bench's live model in place and evaluated, cached), or :func:`in_place` over a bare
+    live model. Nothing is loaded or created per λ.
+    timings: add ``compose_s`` (time to compose) and ``eval_s`` (time to score) to each row.
     """
     from .progress import tqdm
 
     grid = [float(lam) for lam in grid]
     if not grid:
         raise ValueError("the λ grid is empty")
-    writer = writer if writer is not None else StateWriter(model)
-    before = writer.snapshot() if restore else None
     rows = []
-    try:
-        for lam in tqdm(grid, desc=desc, disable=not progress):
-            t0 = time.perf_counter()
-            composed = compose(lam)
-            t1 = time.perf_counter()
-            metrics = apply_and_evaluate(model, composed, evaluate, writer=writer)
-            row = {"lam": lam, **labels, **metrics}
-            if timings:
-                row.update(compose_s=t1 - t0, eval_s=time.perf_counter() - t1)
-            rows.append(row)
-    finally:
-        if before is not None:
-            writer.restore(before)
+    for lam in tqdm(grid, desc=desc, disable=not progress):
+        t0 = time.perf_counter()
+        composed = compose(lam)
+        t1 = time.perf_counter()
+        row = {"lam": lam, **labels, **score(composed)}
+        if timings:
+            row.update(compose_s=t1 - t0, eval_s=time.perf_counter() - t1)
+        rows.append(row)
     return rows
 
+
+def in_place(model, evaluate: Callable[[object], Mapping[str, float]], writer: StateWriter | None = None
+             ) -> Callable[[Composed], dict]:
+    """`score` for :func:`sweep` over a bare live model: the composed state is written in place (a
+    :class:`DenseDelta` applied for the evaluation only) and ``evaluate(model)`` scores it.
+    writer: a :class:`StateWriter` of `model` to reuse (default: a new one)."""
+    writer = writer if writer is not None else StateWriter(model)
+    return functools.partial(_write_and_evaluate, model, evaluate, writer)
+
+
+def _write_and_evaluate(model, evaluate, writer, composed):
+    return apply_and_evaluate(model, composed, evaluate, writer=writer)
+
+
+@contextmanager
+def restored(model_or_writer):
+    """Within the block a live model's module may be overwritten; on exit it holds the state it had
+    before, bit for bit (one snapshot, one batched copy back)."""
+    writer = model_or_writer if isinstance(model_or_writer, StateWriter) else StateWriter(model_or_writer)
+    before = writer.snapshot()
+    try:
+        yield writer
+    finally:
+        writer.restore(before)
 
 
 # ------------------------------------------------------------------------------- the best λ only
@@ -256,26 +272,19 @@ def coarse_to_fine(score: Callable[[float], float], grid: Iterable[float], *, co
     return GridSearch(grid[best], scores, n)
 
 
-def best_lambda(model, compose: Callable[[float], Composed], grid: Iterable[float],
-                evaluate: Callable[[object], Mapping[str, float]], metric: str, *, coarse_points: int = 5,
-                prefer: Callable[[float], Any] | None = None, writer: StateWriter | None = None,
-                restore: bool = True) -> tuple[GridSearch, list[dict]]:
-    """:func:`coarse_to_fine` over a live model: (the search, rows ``{lam, **metrics}`` of the λ it
-    evaluated), with ``compose(λ)`` written in place as :func:`sweep` does and `metric` maximised."""
-    writer = writer if writer is not None else StateWriter(model)
-    before = writer.snapshot() if restore else None
+def best_lambda(compose: Callable[[float], Composed], grid: Iterable[float],
+                score: Callable[[Composed], Mapping[str, Any]], metric: str, *, coarse_points: int = 5,
+                prefer: Callable[[float], Any] | None = None) -> tuple[GridSearch, list[dict]]:
+    """:func:`coarse_to_fine` with :func:`sweep`'s `compose` and `score`: (the search, rows
+    ``{lam, **metrics}`` of the λ it evaluated), `metric` maximised."""
     rows: dict[float, dict] = {}
 
-    def score(lam: float) -> float:
-        metrics = apply_and_evaluate(model, compose(lam), evaluate, writer=writer)
+    def value(lam: float) -> float:
+        metrics = score(compose(lam))
         if metric not in metrics:
-            raise KeyError(f"evaluate() returned no {metric!r}: {sorted(metrics)}")
+            raise KeyError(f"the score returned no {metric!r}: {sorted(metrics)}")
         rows[lam] = {"lam": lam, **metrics}
         return float(metrics[metric])
 
-    try:
-        found = coarse_to_fine(score, grid, coarse_points=coarse_points, prefer=prefer)
-    finally:
-        if before is not None:
-            writer.restore(before)
+    found = coarse_to_fine(value, grid, coarse_points=coarse_points, prefer=prefer)
     return found, list(rows.values())

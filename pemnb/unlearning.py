@@ -8,6 +8,7 @@ returns continuations only, one cached measurement (samples → toxicity scores,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from typing import Any, Iterable, Mapping, Sequence
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data
+from . import arithmetic, data
 from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
 from .profiles import Profile
 
@@ -253,6 +254,18 @@ class UnlearningLab:
                     "scores": [float(s) for s in scores]}
 
         return {**labels, "kind_id": kind, "scorer": self.scorer.name, **self.results.result(parts, compute)}
+
+    def negation_sweep(self, kind: str, theta: Mapping[str, torch.Tensor], grid: Sequence[float],
+                       base: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Rows of ⊖_λ θ for each λ of `grid`, measured through :func:`pemnb.sweep.sweep`; λ = 0 is the base
+        model itself, so the `base` row stands there (relabelled) instead of being sampled again."""
+        from .sweep import sweep
+
+        grid = [float(lam) for lam in grid]
+        measured = sweep(lambda lam: arithmetic.negate(theta, kind, lam), [lam for lam in grid if lam != 0.0],
+                         functools.partial(self.measure, kind), progress=False, op="negated")
+        by_lam = {r["lam"]: {"model": method_name(kind, "negated", r["lam"]), **r} for r in measured}
+        return [{**base, "kind_id": kind, "lam": 0.0} if lam == 0.0 else by_lam[lam] for lam in grid]
 
 
 # ------------------------------------------------------------------------------------ tables

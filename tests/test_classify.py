@@ -6,6 +6,7 @@ from pemnb import data
 from pemnb.cache import Cache
 from pemnb.classify import ClassifierBench, fingerprint
 from pemnb.profiles import load_profile
+from pemnb.sweep import sweep
 
 
 def test_bench_trains_once_evaluates_in_place_and_sweeps(shared_data, tmp_path):
@@ -19,7 +20,8 @@ def test_bench_trains_once_evaluates_in_place_and_sweeps(shared_data, tmp_path):
     assert bench.train(train, tag="t") is not theta  # a cache hit returns a fresh copy…
     assert all(torch.equal(theta[k], bench.train(train, tag="t")[k]) for k in theta)  # …of the same module
     m1 = bench.evaluate(theta, batches)
-    rows = bench.sweep(lambda lam: A.merge(theta, bench.identity(), lam, "lora"), [0.0, 1.0], batches, curve="x")
+    rows = sweep(lambda lam: A.merge(theta, bench.identity(), lam, "lora"), [0.0, 1.0], bench.scorer(batches),
+                 progress=False, curve="x")
     assert rows[1]["accuracy"] == m1["accuracy"] and rows[0]["curve"] == "x" and rows[0]["lam"] == 0.0
     many = bench.evaluate_many({"a": theta, "b": A.negate(theta, "lora")}, batches, kind="lora")
     assert [r["module"] for r in many] == ["a", "b"] and many[0]["accuracy"] == m1["accuracy"]

@@ -85,10 +85,12 @@ def test_best_lambda_on_a_live_model_matches_the_full_sweep_and_restores_the_mod
     norm = float(target[key].norm())
     evaluate = lambda m: {"score": -abs(float(read_state(m)[key].norm()) / norm - 0.6)}
     grid = inclusive_grid(0.0, 1.0, 0.05)
-    full = SW.sweep(model, compose, grid, evaluate, progress=False)
-    found, rows = SW.best_lambda(model, compose, grid, evaluate, "score")
+    with SW.restored(model) as writer:
+        score = SW.in_place(model, evaluate, writer)
+        full = SW.sweep(compose, grid, score, progress=False)
+        found, rows = SW.best_lambda(compose, grid, score, "score")
     assert found.best == max(full, key=lambda r: r["score"])["lam"] == 0.6
     assert len(rows) == found.evaluated < len(grid)
     assert all(torch.equal(read_state(model)[k], before[k]) for k in before)
     with pytest.raises(KeyError, match="accuracy"):
-        SW.best_lambda(model, compose, grid, evaluate, "accuracy")
+        SW.best_lambda(compose, grid, score, "accuracy")

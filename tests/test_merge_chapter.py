@@ -190,14 +190,15 @@ def test_factor_difference_is_zero_for_shared_factors_and_two_for_opposite_ones(
 
 
 def test_a_sweep_with_a_reused_writer_restores_the_module():
-    from pemnb.sweep import sweep
+    from pemnb.sweep import in_place, restored, sweep
 
     model = model_with()
     writer = StateWriter(model)
     s1, s2 = random_like(model, 1), random_like(model, 2)
     writer(s1)
-    rows = sweep(model, pair("paper", s1, s2), [0.0, 1.0], lambda m: {"a": float(read_state(m)[next(iter(s1))].sum())},
-                 progress=False, writer=writer)
+    with restored(writer):
+        rows = sweep(pair("paper", s1, s2), [0.0, 1.0],
+                     in_place(model, lambda m: {"a": float(read_state(m)[next(iter(s1))].sum())}, writer), progress=False)
     k = next(iter(s1))
     assert [r["a"] for r in rows] == pytest.approx([float(s2[k].sum()), float(s1[k].sum())])
     assert all(torch.equal(v, read_state(model)[key]) for key, v in s1.items())

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from pemnb import arithmetic as A
+from pemnb import sweep as SW
 from pemnb.profiles import load_profile
 
 TIMES: dict[str, float] = {}
@@ -126,11 +127,11 @@ def test_00_module_arithmetic(paper, launched):
         rows = bench.evaluate_many({"identity": bench.identity(), "trained": m, "negated": A.negate(m, kind),
                                     "ablated": A.ablate(m, kind)}, batches)
         assert {r["module"] for r in rows} == {"identity", "trained", "negated", "ablated"}
-        sweep = bench.sweep(lambda lam: A.negate(m, kind, lam), paper.lam_grid, batches)
+        sweep = SW.sweep(lambda lam: A.negate(m, kind, lam), paper.lam_grid, bench.scorer(batches), progress=False)
         assert len(sweep) == 51  # the paper's grid: 0 to 1 by 0.02
         a = bench.train(half_a, tag="sst2-half-a", steps=paper.steps // 2)
         b = bench.train(half_b, tag="sst2-half-b", steps=paper.steps // 2)
-        merged = bench.sweep(lambda lam: A.merge(a, b, lam, kind), paper.lam_grid, batches)
+        merged = SW.sweep(lambda lam: A.merge(a, b, lam, kind), paper.lam_grid, bench.scorer(batches), progress=False)
         assert all(0 <= r["accuracy"] <= 1 for r in merged)
         if kind == "lora":
             assert A.cross_term_error(a, b, 0.5, bench.scaling()) >= 0

@@ -9,7 +9,7 @@ from pemnb import merge_methods as M
 from pemnb.backbones import load_backbone
 from pemnb.evaluate import EvalBatches
 from pemnb.modules import attach, lora_scaling, read_state, write_state
-from pemnb.sweep import apply_and_evaluate, delta_applied, sweep
+from pemnb.sweep import apply_and_evaluate, delta_applied, in_place, restored, sweep
 
 R, ALPHA = 4, 8
 
@@ -46,7 +46,7 @@ def test_in_place_sweep_equals_a_fresh_model_per_lambda(setup):
     grid = [0.0, 0.3, 1.0]
     compose = lambda lam: M.compose("paper", [s1, s2], [lam, 1 - lam])
     evaluate = functools.partial(metrics, batches=batches)
-    rows = sweep(model, compose, grid, evaluate, progress=False, task="toy")
+    rows = sweep(compose, grid, in_place(model, evaluate), progress=False, task="toy")
     assert [r["lam"] for r in rows] == grid and all(r["task"] == "toy" for r in rows)
     for row in rows:
         other, _ = fresh()
@@ -57,13 +57,16 @@ def test_in_place_sweep_equals_a_fresh_model_per_lambda(setup):
     assert len({r["mean_logit"] for r in rows}) == 3  # the λs really gave different models
 
 
-def test_sweep_restores_the_module_it_found(setup):
+def test_restored_gives_the_model_back_the_module_it_had(setup):
     model, batches, (s1, s2) = setup
     write_state(model, s1)
-    sweep(model, lambda lam: M.compose("linear", [s1, s2], [lam, 1 - lam]), [0.5],
-          functools.partial(metrics, batches=batches), progress=False, timings=True)
+    with restored(model) as writer:
+        rows = sweep(lambda lam: M.compose("linear", [s1, s2], [lam, 1 - lam]), [0.5],
+                     in_place(model, functools.partial(metrics, batches=batches), writer), progress=False, timings=True)
+        assert not torch.equal(read_state(model)[next(iter(s1))], s1[next(iter(s1))])  # the sweep wrote θ(λ)
     after = read_state(model)
     assert all(torch.equal(after[k], s1[k]) for k in s1)
+    assert rows[0]["compose_s"] >= 0 and rows[0]["eval_s"] > 0
 
 
 def test_a_dense_update_computes_like_its_rank_concatenation(setup):
@@ -119,12 +122,12 @@ def test_bad_input_errors(setup):
     model, batches, (s1, s2) = setup
     evaluate = functools.partial(metrics, batches=batches)
     with pytest.raises(ValueError, match="grid is empty"):
-        sweep(model, lambda lam: s1, [], evaluate, progress=False)
+        sweep(lambda lam: s1, [], in_place(model, evaluate), progress=False)
     with pytest.raises(ValueError, match="no LoRA on"):
         with delta_applied(model, M.DenseDelta({"nowhere.query": torch.zeros(2, 2)})):
             pass
     with pytest.raises(ValueError, match="shape"):  # a rank-2r state does not fit the rank-r model
-        sweep(model, lambda lam: M.cat([s1, s2], [lam, 1 - lam]), [0.5], evaluate, progress=False)
+        sweep(lambda lam: M.cat([s1, s2], [lam, 1 - lam]), [0.5], in_place(model, evaluate), progress=False)
     with pytest.raises(TypeError, match="DenseDelta"):
         with delta_applied(model, s1):
             pass

@@ -132,6 +132,17 @@ def test_measure_is_cached_and_negation_at_zero_is_the_base(lab):
     assert ablated["ppl"] == pytest.approx(toxic["ppl"], rel=1e-5)  # (−B)(−A) = BA
 
 
+def test_negation_sweep_measures_each_lambda_and_stands_the_base_at_zero(lab):
+    theta = lab.train("lora", ["you are a fool and a liar", "nobody likes you at all"] * 8)
+    base = {**lab.measure("lora", lab.identity("lora"), model="base", op="base", lam=0.0), "kind_id": "base"}
+    rows = lab.negation_sweep("lora", theta, [0.0, 0.5, 1.0], base)
+    assert [r["lam"] for r in rows] == [0.0, 0.5, 1.0]
+    assert rows[0]["model"] == "base" and rows[0]["kind_id"] == "lora" and rows[0]["samples"] == base["samples"]
+    direct = lab.measure("lora", A.negate(theta, "lora", 0.5), model="x", op="negated", lam=0.5)
+    assert rows[1]["ppl"] == direct["ppl"] and rows[1]["samples"] == direct["samples"]  # the same measurement
+    assert rows[1]["model"] == U.method_name("lora", "negated", 0.5) and rows[1]["op"] == "negated"
+
+
 def test_ia3_steps_from_epochs(lab):
     assert lab.steps("ia3", 100) == 2                           # explicit steps win
     assert lab.steps("fft", 48) == U.train_steps(48, 1, 16) == 3  # else epochs × n / batch
