@@ -51,7 +51,7 @@ def explorer_for(chapter: str, p):
         bench = DecoderBench(p, "lora", progress=False)
         theta = bench.identity()
         score = X.toxicity_scorer(bench, load_toxicity_scorer("profanity"), U.PROMPT, 8,
-                                  max_new_tokens=cfg["max_new_tokens"], seed=0)
+                                  max_new_tokens=cfg.max_new_tokens, seed=0)
         return bench, X.Method(lambda lam: A.negate(theta, "lora", lam), score)
     raise SystemExit(f"chapter must be 00, 02 or 03, got {chapter!r}")
 

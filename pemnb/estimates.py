@@ -265,20 +265,20 @@ def jobs_03(p: Profile) -> list[Job]:
 
     c = U.settings(p)
     rows = _rows("civil_comments", "test", 600)
-    mean, longest = token_lengths([t for t in rows["text"]], c.get("max_length") or p.max_length)
+    mean, longest = token_lengths([t for t in rows["text"]], c.max_length or p.max_length)
     backbone = p.decoder
     out = []
-    for kind in c["kinds"]:
-        steps = U.train_steps(TOXIC_COMMENTS, c["epochs"][kind], c["batch"][kind])
-        out.append(Job(f"toxic {kind}", backbone, kind, "causal_lm", steps, c["batch"][kind], c.get("micro_batch"),
+    for kind in c.kinds:
+        steps = U.train_steps(TOXIC_COMMENTS, c.epochs[kind], c.batch[kind])
+        out.append(Job(f"toxic {kind}", backbone, kind, "causal_lm", steps, c.batch[kind], c.micro_batch,
                        mean, 0, longest, 0, lora_r=p.lora_r))
-        lams = len([x for x in c["lam_grid"] if x > 0]) + 1 + len(c["ablation_lams"].get(kind, ()))
-        ppl_tokens = c["ppl_tokens"] or WIKITEXT103_TEST_TOKENS
-        windows = ppl_tokens / c["ppl_stride"]
-        out.append(Job(f"{kind}: {lams} measurements", backbone, kind, "causal_lm", tokens_in=c["ppl_max_length"],
-                       longest_in=c["ppl_max_length"], forward_examples=lams * windows,
-                       generated_tokens=lams * c["n_samples"] * (c["max_new_tokens"] + 10),
-                       decode_batch=c["sample_batch"], lora_r=p.lora_r))
+        lams = len([x for x in c.lam_grid if x > 0]) + 1 + len(c.ablation_lams.get(kind, ()))
+        ppl_tokens = c.ppl_tokens or WIKITEXT103_TEST_TOKENS
+        windows = ppl_tokens / c.ppl_stride
+        out.append(Job(f"{kind}: {lams} measurements", backbone, kind, "causal_lm", tokens_in=c.ppl_max_length,
+                       longest_in=c.ppl_max_length, forward_examples=lams * windows,
+                       generated_tokens=lams * c.n_samples * (c.max_new_tokens + 10),
+                       decode_batch=c.sample_batch, lora_r=p.lora_r))
     return out
 
 

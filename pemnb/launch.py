@@ -102,7 +102,7 @@ def train_03(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
     cfg = U.settings(profile)
     texts, _, _ = U.toxic_comments(cfg, profile.seed)
     done = []
-    for kind in kinds or cfg["kinds"]:
+    for kind in kinds or cfg.kinds:
         lab = U.UnlearningLab(profile, scorer=None, text="", cfg=cfg, progress=progress)  # one backbone at a time
         lab.train(kind, texts)
         done.append(f"{kind} civil-comments-toxic")

@@ -113,7 +113,9 @@ class ChapterSettings:
         if unknown:
             raise TypeError(f"{cls.__module__}: unknown setting(s) {unknown}; known: {sorted(names)}")
         values = cls.derive(profile, values)
-        missing = sorted(n for n in names if n not in values)
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(n for n in required if n not in values)
         if missing:
             raise TypeError(f"{cls.__module__}: profile {profile.name!r} leaves {missing} unset")
         return cls(**values)

@@ -190,22 +190,22 @@ def test_03_unlearning(paper, launched):
     from pemnb.evaluate import load_toxicity_scorer
 
     cfg = U.settings(paper)
-    assert cfg["batch"] == {"fft": 32, "lora": 96, "ia3": 96} and cfg["ppl_max_length"] == 1024
+    assert cfg.batch == {"fft": 32, "lora": 96, "ia3": 96} and cfg.ppl_max_length == 1024
     train_texts, held, counts = U.toxic_comments(cfg, paper.seed)
     scorer = load_toxicity_scorer("profanity")  # Detoxify's checkpoint is a download
     lab = U.UnlearningLab(paper, scorer, U.wikitext(cfg), cfg=cfg, progress=False)
-    modules = {kind: lab.train(kind, train_texts) for kind in cfg["kinds"]}
+    modules = {kind: lab.train(kind, train_texts) for kind in cfg.kinds}
     assert type(lab.bench("lora").model.base_model.model).__name__ == "GPT2LMHeadModel"
     base = lab.measure("lora", lab.identity("lora"), model="base", op="base", lam=0.0)
     rows = [base]
     for kind, theta in modules.items():
         sweep = [lab.measure(kind, A.negate(theta, kind, lam), model=U.method_name(kind, "negated", lam),
-                             op="negated", lam=lam) for lam in cfg["lam_grid"] if lam > 0]
+                             op="negated", lam=lam) for lam in cfg.lam_grid if lam > 0]
         chosen = U.select_lambda([0.0] + [r["lam"] for r in sweep], [base["ppl"]] + [r["ppl"] for r in sweep],
                                  base["ppl"])
-        assert chosen in cfg["lam_grid"]
+        assert chosen in cfg.lam_grid
         rows += sweep
-        for lam in cfg["ablation_lams"].get(kind, ()):
+        for lam in cfg.ablation_lams.get(kind, ()):
             rows.append(lab.measure(kind, A.ablate(theta, kind, lam), model=U.method_name(kind, "ablation", lam),
                                     op="ablation", lam=lam))
     table = U.summary_table(rows, scorer.name)

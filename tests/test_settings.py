@@ -21,6 +21,7 @@ class Toy(ChapterSettings):
     kinds: tuple[str, ...]
     lam_grid: tuple[float, ...] | None
     hparams: Mapping[str, float]
+    note: str | None = None  # a field with a default may be left out of a preset
 
     @classmethod
     def derive(cls, profile, values):
@@ -30,7 +31,7 @@ class Toy(ChapterSettings):
 def test_built_from_the_profile_with_its_overrides_and_derived_values():
     s = Toy.for_profile(load_profile("smoke", chapters={"toy": {"steps": 5}}), kinds=("fft",))
     assert (s.steps, s.kinds, s.lam_grid) == (5, ("fft",), load_profile("smoke").lam_grid)
-    assert s.lr == 1.0 and isinstance(s.lr, float)  # an int where a float is declared becomes a float
+    assert s.lr == 1.0 and isinstance(s.lr, float) and s.note is None  # an int where a float is declared becomes a float
     assert s.as_dict()["kinds"] == ["fft"]
     assert "  steps    : 5" in s.describe().splitlines() and "  kinds    : ('fft',)" in s.describe().splitlines()
 
@@ -55,3 +56,12 @@ def test_unknown_profile_field_or_type_is_named():
         Toy.for_profile(load_profile("smoke"), kinds=("lora", 3))
     with pytest.raises(TypeError, match="'steps' must be"):
         Toy.for_profile(load_profile("smoke"), steps=True)  # a bool is not a count
+
+
+def test_a_preset_that_leaves_a_required_field_unset_is_named():
+    @dataclass(frozen=True)
+    class Partial(Toy):
+        PRESETS: ClassVar[Mapping[str, Mapping]] = {"smoke": {"steps": 2, "lam_grid": None}}
+
+    with pytest.raises(TypeError, match="leaves .*'hparams'"):
+        Partial.for_profile(load_profile("smoke"))

@@ -42,7 +42,7 @@ def test_toxic_comments_on_the_local_mirror_keep_heldout_apart(shared_data):
     cfg = U.settings(load_profile("smoke"))
     train, held, counts = U.toxic_comments(cfg, seed=0)
     assert counts["rows loaded"] == 1674 and 0 < counts["rows with toxicity > 0.8"] <= 1674
-    assert len(train) == cfg["n_train"] and len(held) == cfg["n_heldout"]
+    assert len(train) == cfg.n_train and len(held) == cfg.n_heldout
     assert not set(train) & set(held)
 
 
@@ -56,9 +56,9 @@ def test_join_and_train_steps():
 def test_settings_merge_profile_overrides():
     p = load_profile("smoke", chapters={U.CHAPTER: {"n_samples": 3, "lr": {"lora": 1.0}}})
     cfg = U.settings(p)
-    assert cfg["n_samples"] == 3 and cfg["lr"] == {"lora": 1.0}
-    assert cfg["lam_grid"] == U.SETTINGS["smoke"]["lam_grid"]
-    assert U.settings(load_profile("paper"))["batch"] == {"fft": 32, "lora": 96, "ia3": 96}
+    assert cfg.n_samples == 3 and cfg.lr == {"lora": 1.0}
+    assert cfg.lam_grid == U.PRESETS["smoke"]["lam_grid"]
+    assert U.settings(load_profile("paper")).batch == {"fft": 32, "lora": 96, "ia3": 96}
 
 
 # ------------------------------------------------------------------------------------ λ rule
@@ -104,7 +104,7 @@ def test_continuations_are_seeded_batched_and_exclude_the_prompt():
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     p = load_profile("smoke")
-    cfg = {**U.settings(p), "n_samples": 4, "max_new_tokens": 4, "sample_batch": 4, "steps": {"lora": 2, "ia3": 2}}
+    cfg = U.settings(p, n_samples=4, max_new_tokens=4, sample_batch=4, steps={"lora": 2, "ia3": 2})
     text = " ".join(f"word{i % 37} is here ." for i in range(200))
     return U.UnlearningLab(p, fake_scorer(), text, cfg=cfg, cache=Cache(tmp_path_factory.mktemp("c")),
                            progress=False)
@@ -122,7 +122,7 @@ def test_measure_is_cached_and_negation_at_zero_is_the_base(lab):
     bench, c = lab.bench("lora"), lab.cfg
     assert len(lab.text) < len(lab._full_text)
     bench.use(lab.identity("lora"))
-    full = perplexity(bench.model, bench.tokenizer, lab._full_text, c["ppl_max_length"], c["ppl_stride"], c["ppl_tokens"])
+    full = perplexity(bench.model, bench.tokenizer, lab._full_text, c.ppl_max_length, c.ppl_stride, c.ppl_tokens)
     assert base["ppl"] == pytest.approx(full, rel=1e-6)
     zero = lab.measure("lora", A.negate(theta, "lora", 0.0), model="neg0", op="negated", lam=0.0)
     assert zero["ppl"] == base["ppl"] and zero["samples"] == base["samples"]  # A = 0: ΔW = 0 exactly
@@ -196,7 +196,7 @@ def test_sweep_figure_and_scorer_check():
 
 def test_chapter_max_length_cuts_training_texts(tmp_path):
     p = load_profile("smoke")
-    cfg = {**U.settings(p), "max_length": 8}
+    cfg = U.settings(p, max_length=8)
     lab = U.UnlearningLab(p, fake_scorer(), "a b c", cfg=cfg, cache=Cache(tmp_path), progress=False)
     ex = lab.bench("lora").text_examples(["word " * 50, "short"])
     assert max(len(e["input_ids"]) for e in ex) == 8 and p.max_length == 64
