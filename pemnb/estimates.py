@@ -334,14 +334,14 @@ def jobs_06(p: Profile) -> list[Job]:
     from . import merge_chapter as MC
     from . import multitask as M
 
-    s = MC.settings_for(p)
-    methods, grid = len(MC.SWEPT), len(s["lam_grid"])
+    s = MC.settings(p)
+    methods, grid = len(MC.SWEPT), len(s.lam_grid)
     out = []
-    for task in s["distribution_tasks"]:
+    for task in s.distribution_tasks:
         mean, longest = token_lengths(_glue_texts(task), p.max_length)
         out.append(Job(f"{task}: {methods} methods × {grid} λ", p.encoder, "lora", "classification", tokens_in=mean,
                        longest_in=longest, forward_examples=methods * grid * GLUE_VALIDATION[task], lora_r=p.lora_r))
-    if s["multitask"]:
+    if s.multitask:
         ms = M.chapter_settings(p)
         rows = _rows("glue/mnli", "validation_matched")
         mean, longest = token_lengths([M.prompt("mnli", r) for r in rows], ms["max_length"])

@@ -150,10 +150,10 @@ def train_06(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
     from . import distribution as D
     from . import merge_chapter as MC
 
-    s = MC.settings_for(profile)
-    tasks = [t for t in s["distribution_tasks"] if t in D.settings_for(profile)["tasks"]]
+    s = MC.settings(profile)
+    tasks = [t for t in s.distribution_tasks if t in D.settings_for(profile)["tasks"]]
     done = train_01(profile, ("lora",), progress, tasks=tasks)
-    if s["multitask"]:
+    if s.multitask:
         done += train_02(profile, ("lora",), progress)
     return done
 

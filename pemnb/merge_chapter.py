@@ -20,7 +20,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ from . import arithmetic as A
 from . import merge_methods as MM
 from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
 from .profiles import Profile
+from .settings import ChapterSettings
 
 CHAPTER = "merge_methods"
 CODE = TRAINING_CODE + ("pemnb.merge_chapter", "pemnb.merge_methods", "pemnb.sweep", "pemnb.evaluate",
@@ -42,7 +43,7 @@ ALL_METHODS = ("paper", "linear", "cat", "svd", "task_arith", "ties", "dare")
 NAMES = {"paper": "paper (A, B added)", "linear": "peft linear", "cat": "cat (rank 2r)", "svd": "SVD (rank r)",
          "task_arith": "task arithmetic (ΔW)", "ties": "TIES", "dare": "DARE"}
 
-SETTINGS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "distribution_tasks": ("rte",),   # chapter 01 pairs (s0, s1), LoRA, from its settings and cache
         "multitask": True,                # the chapter 02 pair (MNLI, RTE), LoRA
@@ -81,24 +82,39 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def settings_for(profile: Profile, **overrides: Any) -> dict[str, Any]:
-    """This chapter's settings for `profile`: defaults, then ``profile.chapter('merge_methods')``, then
-    call overrides."""
-    base = SETTINGS.get(profile.name, SETTINGS["small"])
-    s = {**base, **dict(profile.chapter(CHAPTER)), **overrides}
-    s["lam_grid"] = tuple(float(x) for x in s["lam_grid"])
-    s["distribution_tasks"] = tuple(s["distribution_tasks"])
-    if not s["lam_grid"] or any(not 0.0 <= x <= 1.0 for x in s["lam_grid"]):
-        raise ValueError(f"λ grid must be non-empty and inside [0, 1]: {s['lam_grid']}")
-    if not any(abs(x - 0.5) < 1e-9 for x in s["lam_grid"]):
-        raise ValueError(f"the λ grid must contain 0.5 (the untuned merge): {s['lam_grid']}")
-    if s["tolerance"] < 0:
-        raise ValueError(f"tolerance must be ≥ 0, got {s['tolerance']}")
-    return s
+@dataclass(frozen=True)
+class Settings(ChapterSettings):
+    """Chapter 06's settings (presets above; ``profile.chapter("merge_methods")`` overrides them)."""
+
+    CHAPTER: ClassVar[str] = CHAPTER
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
+    distribution_tasks: tuple[str, ...]  # chapter 01 pairs (s0, s1), LoRA, from its settings and cache
+    multitask: bool                      # the chapter 02 pair (MNLI, RTE), LoRA
+    multitask_eval_rows: int | None      # None: chapter 02's evaluation rows (all of them)
+    lam_grid: tuple[float, ...]
+    ties_density: float
+    dare_drop_rate: float
+    dare_seed: int
+    tolerance: float                     # recommend(): "as good as the best" = within this much (score units)
+    cost_repeat: int
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.lam_grid or any(not 0.0 <= x <= 1.0 for x in self.lam_grid):
+            raise ValueError(f"λ grid must be non-empty and inside [0, 1]: {self.lam_grid}")
+        if not any(abs(x - 0.5) < 1e-9 for x in self.lam_grid):
+            raise ValueError(f"the λ grid must contain 0.5 (the untuned merge): {self.lam_grid}")
+        if self.tolerance < 0:
+            raise ValueError(f"tolerance must be ≥ 0, got {self.tolerance}")
+
+
+def settings(profile: Profile, **overrides: Any) -> Settings:
+    """This chapter's settings at `profile` (an unknown profile, field or type raises)."""
+    return Settings.for_profile(profile, **overrides)
 
 
 # ------------------------------------------------------------------------------------------ compose
-def method_kwargs(method: str, settings: Mapping[str, Any], scaling: float) -> dict[str, Any]:
+def method_kwargs(method: str, settings: Settings, scaling: float) -> dict[str, Any]:
     """The keyword arguments `method` takes at these settings (scaling α/r, TIES density, DARE rate)."""
     if method not in MM.METHODS:
         raise ValueError(f"unknown method {method!r}; known: {sorted(MM.METHODS)}")
@@ -106,13 +122,13 @@ def method_kwargs(method: str, settings: Mapping[str, Any], scaling: float) -> d
         return {}
     kw: dict[str, Any] = {"scaling": float(scaling)}
     if method == "ties":
-        kw["density"] = float(settings["ties_density"])
+        kw["density"] = float(settings.ties_density)
     elif method == "dare":
-        kw.update(drop_rate=float(settings["dare_drop_rate"]), seed=int(settings["dare_seed"]))
+        kw.update(drop_rate=float(settings.dare_drop_rate), seed=int(settings.dare_seed))
     return kw
 
 
-def compose_pair(method: str, theta1, theta2, lam: float, settings: Mapping[str, Any], scaling: float):
+def compose_pair(method: str, theta1, theta2, lam: float, settings: Settings, scaling: float):
     """method(θ₁, θ₂) with weights (λ, 1−λ): a LoRA state or a DenseDelta."""
     return MM.compose(method, [theta1, theta2], [lam, 1.0 - lam], **method_kwargs(method, settings, scaling))
 
@@ -124,7 +140,7 @@ def composed_delta(composed, scaling: float) -> dict[str, torch.Tensor]:
     return A.delta_weights(composed, scaling)
 
 
-def delta_error(method: str, theta1, theta2, lam: float, settings: Mapping[str, Any], scaling: float) -> float:
+def delta_error(method: str, theta1, theta2, lam: float, settings: Settings, scaling: float) -> float:
     """‖ΔW_method − (λΔW₁ + (1−λ)ΔW₂)‖_F / ‖λΔW₁ + (1−λ)ΔW₂‖_F over all layers together.
 
     For 'paper' this is :func:`pemnb.arithmetic.cross_term_error`: the weight of the cross terms.
@@ -147,7 +163,7 @@ def factor_difference(theta1, theta2, factor: str = "A") -> float:
     return math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else math.inf)
 
 
-def delta_error_rows(theta1, theta2, grid: Iterable[float], settings: Mapping[str, Any], scaling: float,
+def delta_error_rows(theta1, theta2, grid: Iterable[float], settings: Settings, scaling: float,
                      methods: Sequence[str] = ALL_METHODS, **labels) -> list[dict]:
     """Rows {**labels, method, lam, error} of :func:`delta_error` over a λ grid."""
     return [{**labels, "method": m, "lam": float(lam),
@@ -186,8 +202,8 @@ def _classifier_metrics(model, batches, task: str) -> dict[str, float]:
     return classify(model, batches, task)
 
 
-def distribution_scenarios(profile: Profile, settings: Mapping[str, Any], *, progress: bool = True):
-    """Chapter 01's LoRA pairs (s0, s1) for the tasks in ``settings['distribution_tasks']``, one at a time.
+def distribution_scenarios(profile: Profile, settings: Settings, *, progress: bool = True):
+    """Chapter 01's LoRA pairs (s0, s1) for the tasks in ``settings.distribution_tasks``, one at a time.
 
     The modules come from :func:`pemnb.distribution.train_modules` with chapter 01's settings at this
     profile (a cache hit when chapter 01 ran first); scored on chapter 01's evaluation part.
@@ -197,7 +213,7 @@ def distribution_scenarios(profile: Profile, settings: Mapping[str, Any], *, pro
     from .evaluate import headline_metric
 
     ds = D.settings_for(profile)
-    for task in settings["distribution_tasks"]:
+    for task in settings.distribution_tasks:
         if task not in ds["tasks"]:
             continue
         try:
@@ -226,7 +242,7 @@ def _answer_accuracy(model, tokenizer, evalsets, batch_size: int) -> dict[str, f
     return out
 
 
-def multitask_scenario(profile: Profile, settings: Mapping[str, Any], *, progress: bool = True) -> Scenario:
+def multitask_scenario(profile: Profile, settings: Settings, *, progress: bool = True) -> Scenario:
     """Chapter 02's LoRA pair (θ_MNLI, θ_RTE), from its functions and settings at this profile (a cache
     hit when chapter 02 ran first), scored by one-pass answer scoring on its evaluation rows (the
     first ``multitask_eval_rows`` of each task); `score` is the mean accuracy of the two tasks."""
@@ -238,7 +254,7 @@ def multitask_scenario(profile: Profile, settings: Mapping[str, Any], *, progres
     fmt = MT.prompt_format(bench, ms)
     examples = {t: MT.training_examples(bench, t, d.train, fmt) for t, d in tasks.items()}
     modules = MT.train_task_modules(bench, examples, ms["hparams"])
-    n = settings["multitask_eval_rows"]
+    n = settings.multitask_eval_rows
     evalsets = {t: MT.EvalSet(t, d.eval if n is None else d.eval.select(range(min(n, len(d.eval)))), fmt,
                               bench.tokenizer) for t, d in tasks.items()}
     return Scenario(
@@ -254,7 +270,7 @@ def multitask_scenario(profile: Profile, settings: Mapping[str, Any], *, progres
 
 
 # ------------------------------------------------------------------------------------------ sweeps
-def method_sweep(scenario: Scenario, settings: Mapping[str, Any], methods: Sequence[str] = SWEPT, *,
+def method_sweep(scenario: Scenario, settings: Settings, methods: Sequence[str] = SWEPT, *,
                  progress: bool = True) -> list[dict]:
     """Rows {scenario, method, lam, metrics…, score, compose_s, eval_s}: every method swept over λ on
     the scenario's live model with :func:`pemnb.sweep.sweep` (the model's module is restored after)."""
@@ -267,7 +283,7 @@ def method_sweep(scenario: Scenario, settings: Mapping[str, Any], methods: Seque
             # ΔWᵢ, TIES' trims and DARE's masks do not depend on λ: computed once per method, not per point.
             at = MM.prepare(m, [scenario.theta1, scenario.theta2], **method_kwargs(m, settings, scenario.scaling))
             compose = functools.partial(_compose_prepared, at)
-            for r in sweep(compose, settings["lam_grid"], score, progress=progress, desc=f"{scenario.name} · {m}",
+            for r in sweep(compose, settings.lam_grid, score, progress=progress, desc=f"{scenario.name} · {m}",
                            timings=True):
                 rows.append({"scenario": scenario.name, "method": m, **r, "score": float(r[scenario.score])})
     return rows
@@ -301,7 +317,7 @@ def _nbytes(composed) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def cost_rows(scenario: Scenario, settings: Mapping[str, Any], methods: Sequence[str] = ALL_METHODS) -> list[dict]:
+def cost_rows(scenario: Scenario, settings: Settings, methods: Sequence[str] = ALL_METHODS) -> list[dict]:
     """Rows {scenario, method, returns, rank, fits_live_adapter, size_mib, compose_ms, apply_ms} at λ = 0.5.
 
     compose_ms: median time of the composition alone. apply_ms: putting the result into the live model
@@ -312,7 +328,7 @@ def cost_rows(scenario: Scenario, settings: Mapping[str, Any], methods: Sequence
     """
     from .sweep import StateWriter, delta_applied
 
-    repeat = int(settings["cost_repeat"])
+    repeat = int(settings.cost_repeat)
     r = scenario.rank
     writer = StateWriter(scenario.model)
     before = writer.snapshot()
@@ -353,19 +369,19 @@ class ChapterResult:
     seconds: float = 0.0
 
 
-def run_scenario(scenario: Scenario, settings: Mapping[str, Any], *, cache: Cache | None = None,
+def run_scenario(scenario: Scenario, settings: Settings, *, cache: Cache | None = None,
                  progress: bool = True) -> dict:
     """Sweep rows, ΔW-error rows and cost rows of one scenario; cached by the modules' and evaluation
     data's fingerprints, the grid, the method settings and this code."""
     cache = cache if cache is not None else Cache(namespace="results", code_modules=CODE)
     keys = ("lam_grid", "ties_density", "dare_drop_rate", "dare_seed", "cost_repeat")
     parts = {"what": "merge-methods-scenario", "scenario": scenario.name, **scenario.key,
-             **{k: (list(settings[k]) if isinstance(settings[k], tuple) else settings[k]) for k in keys}}
+             **{k: v for k, v in settings.as_dict().items() if k in keys}}
 
     def compute() -> dict:
         t0 = time.perf_counter()
         sweep_rows = method_sweep(scenario, settings, progress=progress)
-        errs = delta_error_rows(scenario.theta1, scenario.theta2, settings["lam_grid"], settings,
+        errs = delta_error_rows(scenario.theta1, scenario.theta2, settings.lam_grid, settings,
                                 scenario.scaling, scenario=scenario.name)
         costs = cost_rows(scenario, settings)
         return {"sweep": sweep_rows, "errors": errs, "costs": costs, "seconds": time.perf_counter() - t0}
@@ -373,7 +389,7 @@ def run_scenario(scenario: Scenario, settings: Mapping[str, Any], *, cache: Cach
     return cache.result(parts, compute)
 
 
-def run_chapter(profile: Profile, settings: Mapping[str, Any] | None = None, *, cache: Cache | None = None,
+def run_chapter(profile: Profile, settings: Settings | None = None, *, cache: Cache | None = None,
                 progress: bool = True) -> ChapterResult:
     """Every scenario of the chapter: chapter 01's pairs, then chapter 02's, each loaded, swept and
     released before the next (one backbone in memory at a time)."""
@@ -381,13 +397,13 @@ def run_chapter(profile: Profile, settings: Mapping[str, Any] | None = None, *, 
 
     from .backbones import torch_threads
 
-    settings = dict(settings) if settings is not None else settings_for(profile)
+    settings = settings if settings is not None else Settings.for_profile(profile)
     t0 = time.perf_counter()
     sweep, errors, costs, info = [], [], [], []
 
     def scenarios():
         yield from distribution_scenarios(profile, settings, progress=progress)
-        if settings["multitask"]:
+        if settings.multitask:
             yield multitask_scenario(profile, settings, progress=progress)
 
     with torch_threads(1 if profile.encoder.startswith("smoke") else None):

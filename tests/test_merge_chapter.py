@@ -14,8 +14,8 @@ from pemnb.modules import attach, read_state, write_state
 from pemnb.profiles import load_profile
 from pemnb.sweep import StateWriter, pair
 
-SETTINGS = {"ties_density": 0.5, "dare_drop_rate": 0.5, "dare_seed": 0, "cost_repeat": 1,
-            "lam_grid": (0.0, 0.5, 1.0), "tolerance": 0.01}
+SETTINGS = MC.settings(load_profile("smoke"), ties_density=0.5, dare_drop_rate=0.5, dare_seed=0, cost_repeat=1,
+                       lam_grid=(0.0, 0.5, 1.0), tolerance=0.01)
 
 
 def lora_state(seed, d_in=6, d_out=5, r=2, shared_a=None):
@@ -171,9 +171,9 @@ def test_quality_reads_lambda_half_and_the_best_lambda():
 
 def test_settings_need_lambda_half():
     p = load_profile("smoke")
-    assert MC.settings_for(p)["lam_grid"][0] == 0.0
+    assert MC.settings(p).lam_grid[0] == 0.0
     with pytest.raises(ValueError, match="0.5"):
-        MC.settings_for(p, lam_grid=(0.0, 1.0))
+        MC.settings(p, lam_grid=(0.0, 1.0))
     with pytest.raises(ValueError, match="unknown method"):
         MC.method_kwargs("nope", SETTINGS, 1.0)
 

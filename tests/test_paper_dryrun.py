@@ -304,11 +304,11 @@ def test_05_on_a_gpu_without_bf16(paper):
 def test_06_merge_methods(paper, launched):
     from pemnb import merge_chapter as MC
 
-    settings = MC.settings_for(paper)
+    settings = MC.settings(paper)
     result = MC.run_chapter(paper, settings, progress=False)
     assert set(result.sweep["method"]) == set(MC.SWEPT)
     table = MC.summary(result.sweep, result.costs)
-    MC.recommend(table, settings["tolerance"])
+    MC.recommend(table, settings.tolerance)
 
 
 def test_zz_report_times():
