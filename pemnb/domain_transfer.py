@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import gc
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ from . import arithmetic, data
 from .cache import TRAINING_CODE, Cache, presentation
 from .generative import DecoderBench, chunk_pairs, pair_examples, prompt_answer_examples
 from .profiles import Profile
+from .settings import ChapterSettings
 
 CHAPTER = "domain_transfer"
 # Label index = answer index (0 negative, 1 positive), as in yelp/amazon_polarity and the UCI sentences.
@@ -51,7 +53,7 @@ def _same(kinds: Mapping[str, dict]) -> dict:
     return {k: {"cls": dict(v), "lm": dict(v)} for k, v in kinds.items()}
 
 
-SETTINGS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "backbones": ("smoke-llama",),
         "domains": {"yelp": "yelp_sentences", "amazon": "amazon_sentences"},
@@ -106,27 +108,45 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 # --------------------------------------------------------------------------------------------- settings
-def settings(profile: Profile) -> dict[str, Any]:
-    """This chapter's settings for `profile`, with ``profile.chapter("domain_transfer")`` merged on top."""
-    if profile.name not in SETTINGS:
-        raise ValueError(f"no domain-transfer settings for profile {profile.name!r}; known: {sorted(SETTINGS)}")
-    s = {k: v for k, v in SETTINGS[profile.name].items()}
-    for k, v in profile.chapter(CHAPTER).items():
-        s[k] = _plain(v)
-    for src, tgt in s["directions"]:
-        if src not in s["domains"] or tgt not in s["domains"] or src == tgt:
-            raise ValueError(f"bad direction {src!r} → {tgt!r}; domains are {sorted(s['domains'])}")
-    for b in s["backbones"]:
-        for kind in s["kinds"]:
-            if kind not in s["hparams"].get(b, {}):
-                raise ValueError(f"no hyperparameters for backbone {b!r}, kind {kind!r}")
-    return s
+@dataclass(frozen=True)
+class Settings(ChapterSettings):
+    """Chapter 04's settings (presets above; ``profile.chapter("domain_transfer")`` overrides them)."""
+
+    CHAPTER: ClassVar[str] = CHAPTER
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
+    backbones: tuple[str, ...]
+    domains: Mapping[str, str]                    # domain → dataset name
+    directions: tuple[tuple[str, str], ...]       # (source, target)
+    split: str                                    # "own": a seeded split of one file; "hub": train / test
+    train_rows: int | None
+    dev_rows: int
+    test_rows: int | None
+    chunk: int                                    # LM chunk pairs of this many tokens
+    max_length: int
+    batch_size: int
+    eval_batch_size: int
+    template: str
+    kinds: tuple[str, ...]
+    hparams: Mapping[str, Mapping[str, Mapping[str, Any]]]   # backbone → kind → role → {lr, epochs, batch}
+    lam_grid: tuple[float, ...]
+    lora_r: int
+    lora_alpha: int
+    micro_batch: int | None = None                # passes of this many examples accumulate to one batch
+
+    def __post_init__(self):
+        super().__post_init__()
+        for src, tgt in self.directions:
+            if src not in self.domains or tgt not in self.domains or src == tgt:
+                raise ValueError(f"bad direction {src!r} → {tgt!r}; domains are {sorted(self.domains)}")
+        for b in self.backbones:
+            for kind in self.kinds:
+                if kind not in self.hparams.get(b, {}):
+                    raise ValueError(f"no hyperparameters for backbone {b!r}, kind {kind!r}")
 
 
-def _plain(v):
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
+def settings(profile: Profile, **overrides: Any) -> Settings:
+    """This chapter's settings at `profile` (an unknown profile, field or type raises)."""
+    return Settings.for_profile(profile, **overrides)
 
 
 def steps_for(n_examples: int, epochs: float, batch_size: int) -> int:
@@ -137,14 +157,14 @@ def steps_for(n_examples: int, epochs: float, batch_size: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------- data
-def domain_splits(name: str, s: Mapping[str, Any], seed: int) -> dict[str, Any]:
+def domain_splits(name: str, s: Settings, seed: int) -> dict[str, Any]:
     """{"train", "dev", "test"} datasets of one review domain, disjoint and fixed by `seed`.
 
     split="own": the single file is shuffled once and cut into train_rows / dev_rows / test_rows.
     split="hub": train_rows from the train split; dev_rows then test_rows from the shuffled test split.
     """
-    n_train, n_dev, n_test = s["train_rows"], s["dev_rows"], s["test_rows"]
-    if s["split"] == "own":
+    n_train, n_dev, n_test = s.train_rows, s.dev_rows, s.test_rows
+    if s.split == "own":
         full = data.load(name, "train").shuffle(seed=seed)
         need = n_train + n_dev + (n_test or 0)
         if need > len(full) or n_train <= 0 or n_dev <= 0:
@@ -153,11 +173,11 @@ def domain_splits(name: str, s: Mapping[str, Any], seed: int) -> dict[str, Any]:
         return {"train": full.select(range(n_train)),
                 "dev": full.select(range(n_train, n_train + n_dev)),
                 "test": full.select(range(n_train + n_dev, n_train + n_dev + n_test))}
-    if s["split"] == "hub":
+    if s.split == "hub":
         train = data.subsample(data.load(name, "train"), n_train, seed)
         pool = data.subsample(data.load(name, "test"), None if n_test is None else n_dev + n_test, seed + 1)
         return {"train": train, "dev": pool.select(range(n_dev)), "test": pool.select(range(n_dev, len(pool)))}
-    raise ValueError(f"unknown split mode {s['split']!r}; expected 'own' or 'hub'")
+    raise ValueError(f"unknown split mode {s.split!r}; expected 'own' or 'hub'")
 
 
 def reviews(ds, name: str) -> tuple[list[str], list[int]]:
@@ -172,11 +192,11 @@ def prompts(texts: Iterable[str], template: str) -> list[str]:
     return [template.format(text=t) for t in texts]
 
 
-def cls_examples(tokenizer, texts: Sequence[str], labels: Sequence[int], s: Mapping[str, Any],
+def cls_examples(tokenizer, texts: Sequence[str], labels: Sequence[int], s: Settings,
                  encoder_decoder: bool) -> list[dict]:
     """Prompt → "positive"/"negative" examples (only the answer scored)."""
-    return prompt_answer_examples(tokenizer, prompts(texts, s["template"]), [ANSWERS[y] for y in labels],
-                                  s["max_length"], encoder_decoder)
+    return prompt_answer_examples(tokenizer, prompts(texts, s.template), [ANSWERS[y] for y in labels],
+                                  s.max_length, encoder_decoder)
 
 
 def lm_examples(tokenizer, texts: Sequence[str], chunk: int, encoder_decoder: bool) -> list[dict]:
@@ -193,41 +213,41 @@ def module_name(role: str, domain: str) -> str:
     return f"{role}({domain})"
 
 
-def make_bench(profile: Profile, backbone: str, kind: str, s: Mapping[str, Any], cache: Cache | None = None,
+def make_bench(profile: Profile, backbone: str, kind: str, s: Settings, cache: Cache | None = None,
                progress: bool = True) -> DecoderBench:
-    if s.get("micro_batch"):  # passes of this many examples accumulate to one batch
+    if s.micro_batch:  # passes of this many examples accumulate to one batch
         import dataclasses
 
-        profile = dataclasses.replace(profile, micro_batch=int(s["micro_batch"]))
-    return DecoderBench(profile, kind, backbone=backbone, cache=cache, lora_r=s["lora_r"],
-                        lora_alpha=s["lora_alpha"], progress=progress)
+        profile = dataclasses.replace(profile, micro_batch=int(s.micro_batch))
+    return DecoderBench(profile, kind, backbone=backbone, cache=cache, lora_r=s.lora_r,
+                        lora_alpha=s.lora_alpha, progress=progress)
 
 
-def load_domains(profile: Profile, s: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def load_domains(profile: Profile, s: Settings) -> dict[str, dict[str, Any]]:
     """{domain: {"train"/"dev"/"test": dataset}} for every domain of the chapter."""
-    return {d: domain_splits(name, s, profile.seed) for d, name in s["domains"].items()}
+    return {d: domain_splits(name, s, profile.seed) for d, name in s.domains.items()}
 
 
-def train_modules(bench: DecoderBench, domains: Mapping[str, Mapping[str, Any]], s: Mapping[str, Any]
+def train_modules(bench: DecoderBench, domains: Mapping[str, Mapping[str, Any]], s: Settings
                   ) -> tuple[dict[str, dict[str, torch.Tensor]], list[dict]]:
     """The four modules of one kind — cls and LM per domain — trained from the shared init (cached).
 
     Returns (modules by name, one info row per module: examples, steps, lr, epochs)."""
-    hp = s["hparams"][bench.backbone][bench.kind]
+    hp = s.hparams[bench.backbone][bench.kind]
     modules, info = {}, []
     for domain, splits in domains.items():
-        texts, labels = reviews(splits["train"], s["domains"][domain])
+        texts, labels = reviews(splits["train"], s.domains[domain])
         examples = {"cls": cls_examples(bench.tokenizer, texts, labels, s, bench.encoder_decoder),
-                    "LM": lm_examples(bench.tokenizer, texts, s["chunk"], bench.encoder_decoder)}
+                    "LM": lm_examples(bench.tokenizer, texts, s.chunk, bench.encoder_decoder)}
         for role, ex in examples.items():
             h = hp[role.lower()]
-            batch = h.get("batch", s["batch_size"])  # a role may set its own batch size
+            batch = h.get("batch", s.batch_size)  # a role may set its own batch size
             steps = steps_for(len(ex), h["epochs"], batch)
             name = module_name(role, domain)
             modules[name] = bench.train(ex, tag=f"{CHAPTER}-{role}-{domain}", steps=steps, lr=h["lr"],
                                         batch_size=batch,
-                                        extra_key={"chapter": CHAPTER, "template": s["template"],
-                                                   "chunk": s["chunk"] if role == "LM" else None})
+                                        extra_key={"chapter": CHAPTER, "template": s.template,
+                                                   "chunk": s.chunk if role == "LM" else None})
             tokens = [len(e["input_ids"]) + (len(e["labels"]) if bench.encoder_decoder else 0) for e in ex]
             info.append({"backbone": bench.backbone, "kind": bench.kind, "module": name, "examples": len(ex),
                          "tokens/example": round(float(np.mean(tokens)), 1), "epochs": h["epochs"],
@@ -236,7 +256,7 @@ def train_modules(bench: DecoderBench, domains: Mapping[str, Mapping[str, Any]],
 
 
 # --------------------------------------------------------------------------------------------- evaluate
-def eval_set(splits: Mapping[str, Any], name: str, template: str) -> dict[str, Any]:
+def eval_set(splits: Settings, name: str, template: str) -> dict[str, Any]:
     """Prompts and labels of the dev rows followed by the test rows, with a mask of which is which."""
     dev_t, dev_y = reviews(splits["dev"], name)
     test_t, test_y = reviews(splits["test"], name)
@@ -251,7 +271,7 @@ def accuracies(scores: np.ndarray, ev: Mapping[str, Any]) -> dict[str, float]:
 
 
 def transfer_rows(bench: DecoderBench, modules: Mapping[str, Mapping[str, torch.Tensor]],
-                  evals: Mapping[str, Mapping[str, Any]], s: Mapping[str, Any], *, zero_shot: bool = True
+                  evals: Mapping[str, Mapping[str, Any]], s: Settings, *, zero_shot: bool = True
                   ) -> list[dict]:
     """Accuracy rows of one kind on the target's rows, per direction: cls(target) (the ceiling), the
     analogy θ(λ) = analogy(cls(src), LM(tgt), LM(src), λ) over the λ grid, cls(source), and with
@@ -267,13 +287,13 @@ def transfer_rows(bench: DecoderBench, modules: Mapping[str, Mapping[str, torch.
         ev = evals[target]
 
         def score(state) -> dict:
-            scores = bench.choice_scores(state, ev["prompts"], ANSWERS, batch_size=s["eval_batch_size"])
+            scores = bench.choice_scores(state, ev["prompts"], ANSWERS, batch_size=s.eval_batch_size)
             return {**accuracies(scores, ev), "n_test": int((~ev["is_dev"]).sum()), "n_dev": int(ev["is_dev"].sum())}
         return score
 
     bench.progress = False  # one bar per direction's λ sweep, not one per evaluation
     try:
-        for src, tgt in s["directions"]:
+        for src, tgt in s.directions:
             base = {"backbone": bench.backbone, "kind": kind, "direction": f"{src} → {tgt}", "source": src,
                     "target": tgt}
             cls_s, lm_t, lm_s = (modules[module_name("cls", src)], modules[module_name("LM", tgt)],
@@ -283,7 +303,7 @@ def transfer_rows(bench: DecoderBench, modules: Mapping[str, Mapping[str, torch.
                 rows.append({**base, "method": ZERO_SHOT, "lam": None, **score(bench.identity())})
             rows.append({**base, "method": "target cls (ceiling)", "lam": None,
                          **score(modules[module_name("cls", tgt)])})
-            grid = [float(x) for x in s["lam_grid"]]
+            grid = [float(x) for x in s.lam_grid]
             exact = 1.0 in grid and arithmetic.max_abs_diff(arithmetic.analogy(cls_s, lm_t, lm_s, 1.0, kind), cls_s) == 0
             if not exact:
                 rows.append({**base, "method": "source cls", "lam": None, **score(cls_s)})
@@ -297,15 +317,15 @@ def transfer_rows(bench: DecoderBench, modules: Mapping[str, Mapping[str, torch.
     return rows
 
 
-def result_key(profile: Profile, backbone: str, kind: str, s: Mapping[str, Any]) -> dict:
+def result_key(profile: Profile, backbone: str, kind: str, s: Settings) -> dict:
     """Everything that decides a kind's result rows (the code version is added by the cache)."""
     return {"what": "domain-transfer-rows", "profile": profile.as_dict(), "backbone": backbone, "kind": kind,
-            "settings": {k: v for k, v in s.items() if k not in ("backbones", "kinds", "hparams")},
-            "zero_shot": kind == s["kinds"][0],
-            "hparams": s["hparams"][backbone][kind]}
+            "settings": {k: v for k, v in s.as_dict().items() if k not in ("backbones", "kinds", "hparams")},
+            "zero_shot": kind == s.kinds[0],
+            "hparams": s.hparams[backbone][kind]}
 
 
-def run_kind(profile: Profile, backbone: str, kind: str, s: Mapping[str, Any], *, cache: Cache | None = None,
+def run_kind(profile: Profile, backbone: str, kind: str, s: Settings, *, cache: Cache | None = None,
              progress: bool = True) -> dict[str, list[dict]]:
     """{"rows": accuracy rows, "modules": module info rows} of one backbone and kind, cached as JSON
     (a hit neither loads the backbone nor the modules)."""
@@ -315,8 +335,8 @@ def run_kind(profile: Profile, backbone: str, kind: str, s: Mapping[str, Any], *
         bench = make_bench(profile, backbone, kind, s, cache, progress)
         domains = load_domains(profile, s)
         modules, info = train_modules(bench, domains, s)
-        evals = {d: eval_set(sp, s["domains"][d], s["template"]) for d, sp in domains.items()}
-        rows = transfer_rows(bench, modules, evals, s, zero_shot=kind == s["kinds"][0])
+        evals = {d: eval_set(sp, s.domains[d], s.template) for d, sp in domains.items()}
+        rows = transfer_rows(bench, modules, evals, s, zero_shot=kind == s.kinds[0])
         del bench, modules
         gc.collect()
         return {"rows": rows, "modules": info}
@@ -324,13 +344,13 @@ def run_kind(profile: Profile, backbone: str, kind: str, s: Mapping[str, Any], *
     return results.result(result_key(profile, backbone, kind, s), compute)
 
 
-def run(profile: Profile, s: Mapping[str, Any] | None = None, *, cache: Cache | None = None,
+def run(profile: Profile, s: Settings | None = None, *, cache: Cache | None = None,
         progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(accuracy rows, module info) for every backbone and kind of the chapter."""
     s = s or settings(profile)
     rows, info = [], []
-    for backbone in s["backbones"]:
-        for kind in s["kinds"]:
+    for backbone in s.backbones:
+        for kind in s.kinds:
             out = run_kind(profile, backbone, kind, s, cache=cache, progress=progress)
             rows += out["rows"]
             info += out["modules"]

@@ -287,24 +287,24 @@ def jobs_04(p: Profile) -> list[Job]:
 
     S = dt.settings(p)
     out = []
-    for backbone in S["backbones"]:
-        for kind in S["kinds"]:
-            for domain in S["domains"]:
+    for backbone in S.backbones:
+        for kind in S.kinds:
+            for domain in S.domains:
                 n, tok = REVIEW_ROWS[domain]["train"], REVIEW_TOKENS[domain]
-                h = S["hparams"][backbone][kind]
-                cls_tokens = min(tok, S["max_length"])
+                h = S.hparams[backbone][kind]
+                cls_tokens = min(tok, S.max_length)
                 out.append(Job(f"{backbone} {kind} cls({domain})", backbone, kind, "seq2seq",
-                               dt.steps_for(n, h["cls"]["epochs"], S["batch_size"]), S["batch_size"],
-                               S.get("micro_batch"), cls_tokens, 2, S["max_length"], 2, lora_r=S["lora_r"]))
-                pairs = n * tok // S["chunk"]
+                               dt.steps_for(n, h["cls"]["epochs"], S.batch_size), S.batch_size,
+                               S.micro_batch, cls_tokens, 2, S.max_length, 2, lora_r=S.lora_r))
+                pairs = n * tok // S.chunk
                 out.append(Job(f"{backbone} {kind} LM({domain})", backbone, kind, "seq2seq",
-                               dt.steps_for(pairs, h["lm"]["epochs"], S["batch_size"]), S["batch_size"],
-                               S.get("micro_batch"), S["chunk"], S["chunk"], S["chunk"], S["chunk"],
-                               lora_r=S["lora_r"]))
-            tests = sum(REVIEW_ROWS[d]["test"] + S["dev_rows"] for d in S["domains"])
+                               dt.steps_for(pairs, h["lm"]["epochs"], S.batch_size), S.batch_size,
+                               S.micro_batch, S.chunk, S.chunk, S.chunk, S.chunk,
+                               lora_r=S.lora_r))
+            tests = sum(REVIEW_ROWS[d]["test"] + S.dev_rows for d in S.domains)
             out.append(Job(f"{backbone} {kind} evaluation", backbone, kind, "seq2seq",
-                           tokens_in=sum(REVIEW_TOKENS.values()) / 2, tokens_out=2, longest_in=S["max_length"],
-                           longest_out=2, forward_examples=(len(S["lam_grid"]) + 2) * tests, lora_r=S["lora_r"]))
+                           tokens_in=sum(REVIEW_TOKENS.values()) / 2, tokens_out=2, longest_in=S.max_length,
+                           longest_out=2, forward_examples=(len(S.lam_grid) + 2) * tests, lora_r=S.lora_r))
     return out
 
 

@@ -118,8 +118,8 @@ def train_04(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
     S = dt.settings(profile)
     domains = dt.load_domains(profile, S)
     done = []
-    for backbone in S["backbones"]:
-        for kind in kinds or S["kinds"]:
+    for backbone in S.backbones:
+        for kind in kinds or S.kinds:
             bench = dt.make_bench(profile, backbone, kind, S, progress=progress)
             modules, _ = dt.train_modules(bench, domains, S)
             done += [f"{backbone} {kind} {name}" for name in modules]

@@ -13,27 +13,27 @@ from pemnb.profiles import load_profile
 
 def test_paper_settings_follow_table_8_and_the_official_grid():
     s = dt.settings(load_profile("paper"))
-    assert s["backbones"] == ("t5-base", "t5-small")
-    assert s["domains"] == {"yelp": "yelp_polarity", "amazon": "amazon_polarity"}
-    assert s["batch_size"] == 128 and s["lora_r"] == 8 and s["chunk"] == 128
+    assert s.backbones == ("t5-base", "t5-small")
+    assert s.domains == {"yelp": "yelp_polarity", "amazon": "amazon_polarity"}
+    assert s.batch_size == 128 and s.lora_r == 8 and s.chunk == 128
     expect = {"t5-base": {"fft": (5e-5, 1), "lora": (5e-4, 1), "ia3": (1e-3, 1)},
               "t5-small": {"fft": (5e-5, 1), "lora": (8e-4, 3), "ia3": (2e-3, 3)}}
     for b, kinds in expect.items():
         for kind, (lr, ep) in kinds.items():
             for role in ("cls", "lm"):
-                assert s["hparams"][b][kind][role] == {"lr": lr, "epochs": ep}
-    assert set(dt.PAPER_GRID) <= set(s["lam_grid"])
+                assert s.hparams[b][kind][role] == {"lr": lr, "epochs": ep}
+    assert set(dt.PAPER_GRID) <= set(s.lam_grid)
     assert dt.PAPER_GRID == (0.84, 0.86, 0.88, 0.9, 0.92, 0.94, 1.0)
     small = dt.settings(load_profile("small"))
-    assert small["backbones"] == ("smollm2-135m",) and small["split"] == "own"
-    assert small["train_rows"] + small["dev_rows"] + small["test_rows"] <= 1000
+    assert small.backbones == ("smollm2-135m",) and small.split == "own"
+    assert small.train_rows + small.dev_rows + small.test_rows <= 1000
 
 
 def test_chapter_overrides_and_bad_settings():
     p = load_profile("smoke", chapters={"domain_transfer": {"chunk": 8, "lam_grid": (1.0,)}})
     s = dt.settings(p)
-    assert s["chunk"] == 8 and s["lam_grid"] == (1.0,)
-    assert dt.settings(load_profile("smoke"))["chunk"] == dt.SETTINGS["smoke"]["chunk"]  # base not mutated
+    assert s.chunk == 8 and s.lam_grid == (1.0,)
+    assert dt.settings(load_profile("smoke")).chunk == dt.PRESETS["smoke"]["chunk"]  # base not mutated
     with pytest.raises(ValueError, match="direction"):
         dt.settings(load_profile("smoke", chapters={"domain_transfer": {"directions": (("yelp", "imdb"),)}}))
     with pytest.raises(ValueError, match="hyperparameters"):
@@ -52,7 +52,7 @@ def test_own_split_is_disjoint_seeded_and_balanced_enough(shared_data):
     s = dt.settings(load_profile("small"))
     a = dt.domain_splits("amazon_sentences", s, seed=0)
     b = dt.domain_splits("amazon_sentences", s, seed=0)
-    assert [len(a[k]) for k in ("train", "dev", "test")] == [s["train_rows"], s["dev_rows"], s["test_rows"]]
+    assert [len(a[k]) for k in ("train", "dev", "test")] == [s.train_rows, s.dev_rows, s.test_rows]
     texts = {k: dt.reviews(a[k], "amazon_sentences")[0] for k in a}
     assert texts["train"] == dt.reviews(b["train"], "amazon_sentences")[0]  # same seed, same split
     labels = dt.reviews(a["test"], "amazon_sentences")[1]
@@ -60,13 +60,13 @@ def test_own_split_is_disjoint_seeded_and_balanced_enough(shared_data):
     c = dt.domain_splits("amazon_sentences", s, seed=1)
     assert dt.reviews(c["train"], "amazon_sentences")[0] != texts["train"]
     with pytest.raises(ValueError, match="cannot cut"):
-        dt.domain_splits("amazon_sentences", {**s, "train_rows": 990}, seed=0)
+        dt.domain_splits("amazon_sentences", s.replace(train_rows=990), seed=0)
 
 
 def test_own_split_partitions_the_file(shared_data):
     # sizes summing to the file: every row lands in exactly one part (a multiset partition of the rows)
     from pemnb import data
-    s = {**dt.settings(load_profile("smoke")), "train_rows": 500, "dev_rows": 100, "test_rows": 400}
+    s = dt.settings(load_profile("smoke"), train_rows=500, dev_rows=100, test_rows=400)
     full = [(r["text"], r["label"]) for r in data.load("yelp_sentences", "train")]
     sp = dt.domain_splits("yelp_sentences", s, seed=3)
     parts = [(r["text"], r["label"]) for k in ("train", "dev", "test") for r in sp[k]]

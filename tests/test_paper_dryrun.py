@@ -216,14 +216,14 @@ def test_04_domain_transfer(paper, launched):
     from pemnb import domain_transfer as dt
 
     S = dt.settings(paper)
-    assert S["backbones"] == ("t5-base", "t5-small") and S["template"] == "{text}" and S["chunk"] == 128
+    assert S.backbones == ("t5-base", "t5-small") and S.template == "{text}" and S.chunk == 128
     df, info = dt.run(paper, S, progress=False)
     assert set(df["backbone"]) == {"t5-base", "t5-small"} and set(df["kind"]) == {"fft", "lora", "ia3"}
     analogy = df[df["method"] == "analogy"]
-    assert sorted(set(analogy["lam"])) == sorted(S["lam_grid"])
+    assert sorted(set(analogy["lam"])) == sorted(S.lam_grid)
     dt.transfer_table(df)
     dt.gains(df)
-    for b in S["backbones"]:
+    for b in S.backbones:
         dt.sweep_figure(df, b)
 
 
