@@ -315,18 +315,18 @@ def jobs_05(p: Profile) -> list[Job]:
     c = I.settings(p)
     rows = _rows("civil_comments", "test", 300)
     prompts = [I.alpaca_prompt("Write a comment like this one.") + t for t in rows["text"]]
-    mean, longest = token_lengths(prompts, c["max_length"])
-    half = 2 if get_backbone(c["backbone"]).half and p.dtype != "float32" else 4
-    targets = tuple(c["targets"]) if c["targets"] else None
-    n_states = 2 + len(c["lams"]) + 1
+    mean, longest = token_lengths(prompts, c.max_length)
+    half = 2 if get_backbone(c.backbone).half and p.dtype != "float32" else 4
+    targets = tuple(c.targets) if c.targets else None
+    n_states = 2 + len(c.lams) + 1
     return [
-        Job("θ_tox (continued from Alpaca-LoRA)", c["backbone"], "lora", "causal_lm", int(c["toxic_steps"]),
-            int(c["batch_size"]), c.get("micro_batch"), mean, 0, longest, 0, lora_r=c["lora_r"], targets=targets,
+        Job("θ_tox (continued from Alpaca-LoRA)", c.backbone, "lora", "causal_lm", int(c.toxic_steps),
+            int(c.batch_size), c.micro_batch, mean, 0, longest, 0, lora_r=c.lora_r, targets=targets,
             dtype_bytes=half),
-        Job(f"responses: {n_states} models × {2 * c['n_test']} instructions", c["backbone"], "lora", "causal_lm",
-            tokens_in=60, longest_in=c["max_length"],
-            generated_tokens=n_states * 2 * c["n_test"] * c["response_tokens"] * c["num_beams"],
-            decode_batch=c["gen_batch"] * c["num_beams"], lora_r=c["lora_r"], targets=targets, dtype_bytes=half),
+        Job(f"responses: {n_states} models × {2 * c.n_test} instructions", c.backbone, "lora", "causal_lm",
+            tokens_in=60, longest_in=c.max_length,
+            generated_tokens=n_states * 2 * c.n_test * c.response_tokens * c.num_beams,
+            decode_batch=c.gen_batch * c.num_beams, lora_r=c.lora_r, targets=targets, dtype_bytes=half),
     ]
 
 

@@ -17,8 +17,9 @@ import dataclasses
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,13 +33,14 @@ from .judge import LocalChat, generate_texts, write_fewshot_instructions, write_
 from .modules import ADAPTER_FILES, import_peft
 from .paths import data_dir
 from .profiles import Profile
+from .settings import ChapterSettings
 
 CHAPTER = "05_instruction_detox"
 PAPER_DATASET = "jinghan23/DatasetofPEMCompostition"   # gated by the authors: access on application
 PAPER_FILES = {"train": "toxic_datasets.json", "seeds": "seed_v0.json",
                "toxic": "toxic_seed_v1_t.json", "regular": "toxic_seed_v1_n.json"}
 
-SETTINGS: dict[str, dict] = {
+PRESETS: dict[str, dict] = {
     "smoke": dict(backbone=None, alpaca_adapter=None, lora_r=4, lora_alpha=8, targets=None, dropout=0.0,
                   max_length=64, batch_size=8, alpaca_rows=64, alpaca_steps=8, alpaca_lr=5e-3,
                   toxic_steps=8, toxic_lr=5e-3, train_comments=24, max_comment_words=30, seeds=6, shots=2,
@@ -72,10 +74,49 @@ SETTINGS: dict[str, dict] = {
 INSTRUCTION_THRESHOLD = {"detoxify": 0.01, "alt-profanity-check": 0.5}
 
 
-def settings(profile: Profile) -> dict:
-    """This chapter's settings at `profile`, with ``profile.chapter("05_instruction_detox")`` on top."""
-    base = SETTINGS.get(profile.name, SETTINGS["small"])
-    return {**base, **dict(profile.chapter(CHAPTER))}
+@dataclass(frozen=True)
+class Settings(ChapterSettings):
+    """Chapter 05's settings (presets above; ``profile.chapter("05_instruction_detox")`` overrides them)."""
+
+    CHAPTER: ClassVar[str] = CHAPTER
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
+    backbone: str | None                 # None: the profile's decoder
+    alpaca_adapter: str | None           # a published instruction LoRA (paper: tloen/alpaca-lora-7b), else trained here
+    lora_r: int
+    lora_alpha: int
+    targets: tuple[str, ...] | None      # None: the family's LoRA targets
+    dropout: float
+    alpaca_rows: int | None
+    alpaca_steps: int | None
+    alpaca_lr: float | None
+    toxic_steps: int
+    toxic_lr: float
+    batch_size: int
+    max_length: int
+    train_source: str
+    test_source: str
+    train_comments: int | None
+    heldout_comments: int
+    regular_pool: int | None
+    max_comment_words: int | None
+    seeds: int
+    shots: int
+    writer_tokens: int
+    judge_tokens: int
+    n_test: int
+    lams: tuple[float, ...]
+    pairwise_lam: float
+    response_tokens: int
+    num_beams: int
+    repetition_penalty: float
+    add_special_tokens: bool
+    gen_batch: int
+    micro_batch: int | None = None       # passes of this many examples accumulate to one batch
+
+
+def settings(profile: Profile, **overrides: Any) -> Settings:
+    """This chapter's settings at `profile` (an unknown profile, field or type raises)."""
+    return Settings.for_profile(profile, **overrides)
 
 
 def instruction_threshold(scorer_name: str) -> float:
@@ -133,7 +174,7 @@ def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def comment_pools(cfg: Mapping, seed: int) -> tuple[list[str], list[str]]:
+def comment_pools(cfg: Settings, seed: int) -> tuple[list[str], list[str]]:
     """(training comments, held-out comments): disjoint toxic Civil Comments (toxicity ≥ 0.8).
 
     Offline only the toxic part of the test split exists, so both pools are carved from it, disjointly.
@@ -145,13 +186,13 @@ def comment_pools(cfg: Mapping, seed: int) -> tuple[list[str], list[str]]:
     if "toxicity" in rows.column_names:
         rows = rows.filter(lambda r: r["toxicity"] is not None and r["toxicity"] >= 0.8)
     texts = [t.strip() for t in rows["text"]]
-    limit = cfg.get("max_comment_words")
+    limit = cfg.max_comment_words
     if limit:
         texts = [t for t in texts if 3 <= len(t.split()) <= limit]
     texts = list(dict.fromkeys(texts))  # duplicates would leak between the pools
     order = np.random.default_rng(seed).permutation(len(texts))
-    n_test = cfg["heldout_comments"]
-    n_train = cfg["train_comments"] if cfg["train_comments"] is not None else len(texts) - n_test
+    n_test = cfg.heldout_comments
+    n_train = cfg.train_comments if cfg.train_comments is not None else len(texts) - n_test
     if n_train + n_test > len(texts):
         raise ValueError(f"asked for {n_train} + {n_test} comments, only {len(texts)} qualify")
     held = [texts[i] for i in order[:n_test]]
@@ -159,17 +200,17 @@ def comment_pools(cfg: Mapping, seed: int) -> tuple[list[str], list[str]]:
     return train, held
 
 
-def alpaca_pools(cfg: Mapping, seed: int) -> tuple[list[dict], list[dict]]:
+def alpaca_pools(cfg: Settings, seed: int) -> tuple[list[dict], list[dict]]:
     """(rows to train the Alpaca LoRA on, held-out no-input rows for regular test instructions), disjoint."""
     from . import data
 
     rows = [dict(r) for r in data.load("alpaca", "train")]
     order = np.random.default_rng(seed + 1).permutation(len(rows))
-    pool = cfg["regular_pool"] or 0
+    pool = cfg.regular_pool or 0
     held = [rows[i] for i in order if not rows[i]["input"].strip()][:pool]
     held_ids = {id(r) for r in held}
     rest = [rows[i] for i in order if id(rows[i]) not in held_ids]
-    n = cfg["alpaca_rows"]
+    n = cfg.alpaca_rows
     return (rest if n is None else rest[:n]), held
 
 
@@ -344,14 +385,14 @@ class InstructBench(DecoderBench):
     """A causal LM with the chapter's LoRA (its targets, r, α, dropout), plus the chapter's steps:
     the Alpaca LoRA, its toxic continuation, cached batched responses, and a local chat backend."""
 
-    def __init__(self, profile: Profile, cfg: Mapping | None = None, *, cache: Cache | None = None,
+    def __init__(self, profile: Profile, cfg: Settings | None = None, *, cache: Cache | None = None,
                  progress: bool = True):
-        self.cfg = dict(cfg or settings(profile))
-        if self.cfg.get("micro_batch"):  # passes of this many examples accumulate to one batch
-            profile = dataclasses.replace(profile, micro_batch=int(self.cfg["micro_batch"]))
-        super().__init__(profile, "lora", backbone=self.cfg["backbone"] or profile.decoder, cache=cache,
-                         lora_r=self.cfg["lora_r"], lora_alpha=self.cfg["lora_alpha"], dropout=self.cfg["dropout"],
-                         target_modules=self.cfg["targets"], progress=progress)
+        self.cfg = cfg if cfg is not None else settings(profile)
+        if self.cfg.micro_batch:  # passes of this many examples accumulate to one batch
+            profile = dataclasses.replace(profile, micro_batch=int(self.cfg.micro_batch))
+        super().__init__(profile, "lora", backbone=self.cfg.backbone or profile.decoder, cache=cache,
+                         lora_r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha, dropout=self.cfg.dropout,
+                         target_modules=list(self.cfg.targets) if self.cfg.targets else None, progress=progress)
         if self.encoder_decoder:
             raise ValueError(f"{self.backbone}: the instruction chapter needs a decoder-only backbone")
         self.results = Cache(self.cache.root, namespace="instruct",
@@ -359,60 +400,60 @@ class InstructBench(DecoderBench):
         self.template = load_template()
 
     def _key(self) -> dict:
-        return {"targets": self.cfg["targets"], "dropout": self.cfg["dropout"]}
+        return {"targets": self.cfg.targets, "dropout": self.cfg.dropout}
 
     def examples(self, records: Sequence[Mapping]) -> list[dict]:
         """Alpaca-template training examples (only the response and EOS are scored)."""
         prompts = [alpaca_prompt(r["instruction"], r.get("input", ""), self.template) for r in records]
-        return prompt_answer_examples(self.tokenizer, prompts, [r["output"] for r in records], self.cfg["max_length"])
+        return prompt_answer_examples(self.tokenizer, prompts, [r["output"] for r in records], self.cfg.max_length)
 
     def alpaca_module(self, rows: Sequence[Mapping] | None = None) -> dict[str, torch.Tensor]:
         """θ_alp: the published adapter where the profile names one (paper: tloen/alpaca-lora-7b),
         else a LoRA trained here on the Alpaca sample `rows` (cached)."""
-        if self.cfg["alpaca_adapter"]:
-            state, config = load_lora_adapter(self.cfg["alpaca_adapter"])
+        if self.cfg.alpaca_adapter:
+            state, config = load_lora_adapter(self.cfg.alpaca_adapter)
             # The adapter's A and B only mean its ΔW at its own r, α and targets: refuse a mismatch
             # rather than compose them at another scaling α/r.
-            wanted = {"r": self.r, "lora_alpha": self.alpha, "target_modules": sorted(self.cfg["targets"] or [])}
+            wanted = {"r": self.r, "lora_alpha": self.alpha, "target_modules": sorted(self.cfg.targets or [])}
             found = {"r": config.get("r"), "lora_alpha": config.get("lora_alpha"),
                      "target_modules": sorted(config.get("target_modules") or [])}
             if config and any(found[k] != v for k, v in wanted.items() if k != "target_modules" or v):
-                raise ValueError(f"{self.cfg['alpaca_adapter']}'s adapter_config.json has {found}; this chapter's "
+                raise ValueError(f"{self.cfg.alpaca_adapter}'s adapter_config.json has {found}; this chapter's "
                                  f"LoRA is {wanted}: set the chapter's lora_r, lora_alpha and targets to the adapter's")
             missing = set(self.init_state) - set(state)
             if missing:
-                raise ValueError(f"{self.cfg['alpaca_adapter']} does not cover this model's LoRA, e.g. {sorted(missing)[:2]}")
+                raise ValueError(f"{self.cfg.alpaca_adapter} does not cover this model's LoRA, e.g. {sorted(missing)[:2]}")
             return {k: state[k] for k in self.init_state}
         if not rows:
             raise ValueError("no Alpaca rows to train the instruction LoRA on")
-        return self.train(self.examples(rows), tag="alpaca", steps=self.cfg["alpaca_steps"], lr=self.cfg["alpaca_lr"],
-                          batch_size=self.cfg["batch_size"], extra_key=self._key())
+        return self.train(self.examples(rows), tag="alpaca", steps=self.cfg.alpaca_steps, lr=self.cfg.alpaca_lr,
+                          batch_size=self.cfg.batch_size, extra_key=self._key())
 
     def toxic_module(self, records: Sequence[Mapping], alpaca: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """θ_tox: θ_alp trained further on the (instruction, toxic comment) records (cached)."""
-        return self.train(self.examples(records), tag="toxic", steps=self.cfg["toxic_steps"], lr=self.cfg["toxic_lr"],
-                          batch_size=self.cfg["batch_size"], start=alpaca, extra_key=self._key())
+        return self.train(self.examples(records), tag="toxic", steps=self.cfg.toxic_steps, lr=self.cfg.toxic_lr,
+                          batch_size=self.cfg.batch_size, start=alpaca, extra_key=self._key())
 
     def chat_backend(self, name: str | None = None) -> LocalChat:
         """The backbone itself (adapter switched off) as a chat backend: the local writer and judge."""
         return LocalChat(self.model, self.tokenizer, name=name or f"{self.backbone} (base model, LoRA off)",
-                         batch_size=self.cfg["gen_batch"], progress=self.progress, seed=self.profile.seed)
+                         batch_size=self.cfg.gen_batch, progress=self.progress, seed=self.profile.seed)
 
     def respond(self, state: Mapping[str, torch.Tensor], instructions: Sequence[str]) -> list[str]:
         """Greedy (or beam-search) responses of the model with module `state` to each instruction,
         through the Alpaca template, batched and cached."""
         c = self.cfg
-        gen = {k: c[k] for k in ("response_tokens", "num_beams", "repetition_penalty", "add_special_tokens", "gen_batch")}
+        gen = {k: getattr(c, k) for k in ("response_tokens", "num_beams", "repetition_penalty", "add_special_tokens", "gen_batch")}
         parts = {"what": "responses", "backbone": self.backbone, "state": state_fingerprint(state),
                  "instructions": _sha(list(instructions)), "template": _sha(self.template), **gen}
 
         def compute():
             self.use(state)
             prompts = [alpaca_prompt(i, "", self.template) for i in instructions]
-            raw = generate_texts(self.model, self.tokenizer, prompts, batch_size=c["gen_batch"],
-                                 max_new_tokens=c["response_tokens"], num_beams=c["num_beams"],
-                                 repetition_penalty=c["repetition_penalty"], seed=self.profile.seed,
-                                 add_special_tokens=c["add_special_tokens"], max_input_tokens=c["max_length"] * 2,
+            raw = generate_texts(self.model, self.tokenizer, prompts, batch_size=c.gen_batch,
+                                 max_new_tokens=c.response_tokens, num_beams=c.num_beams,
+                                 repetition_penalty=c.repetition_penalty, seed=self.profile.seed,
+                                 add_special_tokens=c.add_special_tokens, max_input_tokens=c.max_length * 2,
                                  progress=self.progress, desc="responses")
             return [clean_response(t, self.template) for t in raw]
 
@@ -423,11 +464,11 @@ class InstructBench(DecoderBench):
         from .judge import judge_helpfulness
 
         def compute():
-            scores, raw = judge_helpfulness(judge, instructions, responses, self.cfg["judge_tokens"])
+            scores, raw = judge_helpfulness(judge, instructions, responses, self.cfg.judge_tokens)
             return [[None if math.isnan(x) else x for x in scores], raw]  # JSON has no NaN
 
         key = {"judge": judge.name, "texts": _sha([list(instructions), list(responses)]),
-               "tokens": self.cfg["judge_tokens"]}
+               "tokens": self.cfg.judge_tokens}
         scores, raw = self.cached("helpfulness", key, compute)
         return [math.nan if x is None else float(x) for x in scores], raw
 
@@ -452,15 +493,15 @@ class InstructBench(DecoderBench):
         """The toxic instruction-tuning set: the paper's own (gated hub file) when the profile says so,
         else written here by `writer` for `comments` (self-instruct, cached per writer)."""
         c = self.cfg
-        if c["train_source"] == "hub":
+        if c.train_source == "hub":
             records = [{"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"],
                         "stage": "paper"} for r in load_paper_instructions("train")]
             return records, {"pairs": len(records), "source": PAPER_DATASET}
-        key = {"writer": writer.name, "comments": _sha(list(comments)), "seeds": c["seeds"], "shots": c["shots"],
-               "tokens": c["writer_tokens"], "seed": self.profile.seed}
+        key = {"writer": writer.name, "comments": _sha(list(comments)), "seeds": c.seeds, "shots": c.shots,
+               "tokens": c.writer_tokens, "seed": self.profile.seed}
         records, stats = self.cached("self-instruct", key, lambda: list(self_instruct(
-            comments, writer, seeds=c["seeds"], shots=c["shots"], seed=self.profile.seed,
-            max_new_tokens=c["writer_tokens"])))
+            comments, writer, seeds=c.seeds, shots=c.shots, seed=self.profile.seed,
+            max_new_tokens=c.writer_tokens)))
         return records, stats
 
     def test_set(self, writer, scorer, comments: Sequence[str], regular_pool: Sequence[str],
@@ -468,7 +509,7 @@ class InstructBench(DecoderBench):
         """The toxic and regular test instructions: the paper's 100 + 100 (gated hub files) when the
         profile says so, else built offline the paper's way (:func:`build_test_instructions`)."""
         c = self.cfg
-        if c["test_source"] == "hub":
+        if c.test_source == "hub":
             rows = [{"instruction": r["instruction"], "kind": kind, "source": PAPER_DATASET, "comment": ""}
                     for kind in ("toxic", "regular") for r in load_paper_instructions(kind)]
             # The same columns as the offline set: the paper split its instructions by this scorer's
@@ -479,11 +520,11 @@ class InstructBench(DecoderBench):
             df["above_threshold"] = (df["kind"] == "toxic") & (df["instruction_toxicity"] > threshold)
             df.attrs.update(threshold=threshold, scorer=scorer.name)
             return df
-        key = {"writer": writer.name, "comments": _sha(list(comments)), "tokens": c["writer_tokens"]}
+        key = {"writer": writer.name, "comments": _sha(list(comments)), "tokens": c.writer_tokens}
         written = self.cached("test-instructions", key,
-                              lambda: write_seed_instructions(writer, list(comments), c["writer_tokens"]))
+                              lambda: write_seed_instructions(writer, list(comments), c.writer_tokens))
         pairs = [(i, cm) for i, cm in zip(written, comments) if i]
-        return build_test_instructions(pairs, list(regular_pool), scorer, c["n_test"], exclude=exclude)
+        return build_test_instructions(pairs, list(regular_pool), scorer, c.n_test, exclude=exclude)
 
     def cached(self, what: str, key: Mapping, compute):
         """A JSON result of this chapter (instruction writing, scores…), cached under `what` + `key`."""

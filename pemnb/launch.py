@@ -142,7 +142,7 @@ def train_05(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
     records, _ = bench.training_pairs(I.pick_backend(bench, "writer"), comments)
     theta_alp = bench.alpaca_module(alpaca_rows)
     bench.toxic_module(records, theta_alp)
-    return [("θ_alp " + (cfg["alpaca_adapter"] or "trained")), f"θ_tox ({len(records)} pairs)"]
+    return [("θ_alp " + (cfg.alpaca_adapter or "trained")), f"θ_tox ({len(records)} pairs)"]
 
 
 def train_06(profile: Profile, kinds: Sequence[str] | None = None, progress: bool = True) -> list[str]:

@@ -135,17 +135,19 @@ def test_build_test_instructions_splits_by_toxicity():
 def test_pools_are_disjoint(shared_data):
     cfg = I.settings(load_profile("smoke"))
     train, held = I.comment_pools(cfg, seed=0)
-    assert len(train) == cfg["train_comments"] and len(held) == cfg["heldout_comments"]
+    assert len(train) == cfg.train_comments and len(held) == cfg.heldout_comments
     assert not set(train) & set(held)
-    assert all(len(t.split()) <= cfg["max_comment_words"] for t in train + held)
+    assert all(len(t.split()) <= cfg.max_comment_words for t in train + held)
     rows, held_rows = I.alpaca_pools(cfg, seed=0)
-    assert len(rows) == cfg["alpaca_rows"] and len(held_rows) == cfg["regular_pool"]
+    assert len(rows) == cfg.alpaca_rows and len(held_rows) == cfg.regular_pool
     assert all(r["input"] == "" for r in held_rows)
     I.check_disjoint([r["instruction"] for r in rows], [r["instruction"] for r in held_rows])
     with pytest.raises(ValueError, match="also occur"):
         I.check_disjoint(["a", "b"], ["b"])
-    assert I.settings(load_profile("smoke", chapters={I.CHAPTER: {"n_test": 3}}))["n_test"] == 3
-    assert I.settings(load_profile("paper"))["toxic_lr"] == 1e-4
+    assert I.settings(load_profile("smoke", chapters={I.CHAPTER: {"n_test": 3}})).n_test == 3
+    assert I.settings(load_profile("paper")).toxic_lr == 1e-4
+    with pytest.raises(ValueError, match="no settings for profile 'tiny'"):  # no silent fall-back to small
+        I.settings(load_profile("smoke").__class__(**{**load_profile("smoke").__dict__, "name": "tiny"}))
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -195,7 +197,7 @@ def test_bench_trains_continues_negates_and_responds(tmp_path, shared_data):
     from pemnb.cache import Cache
 
     profile = load_profile("smoke")
-    cfg = dict(I.settings(profile), alpaca_steps=3, toxic_steps=3, response_tokens=3)
+    cfg = I.settings(profile, alpaca_steps=3, toxic_steps=3, response_tokens=3)
     bench = I.InstructBench(profile, cfg, cache=Cache(tmp_path), progress=False)
     rows = [{"instruction": f"say {i}", "input": "", "output": f"number {i}"} for i in range(8)]
     alp = bench.alpaca_module(rows)

@@ -233,7 +233,7 @@ def test_05_instruction_detox(paper, launched):
     from pemnb.evaluate import load_toxicity_scorer
 
     cfg = I.settings(paper)
-    assert cfg["alpaca_adapter"] == "tloen/alpaca-lora-7b" and cfg["lora_r"] == 16 and cfg["num_beams"] == 4
+    assert cfg.alpaca_adapter == "tloen/alpaca-lora-7b" and cfg.lora_r == 16 and cfg.num_beams == 4
     bench = I.InstructBench(paper, cfg, progress=False)
     assert type(bench.model.base_model.model).__name__ == "LlamaForCausalLM"
     frozen = bench.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
@@ -258,7 +258,7 @@ def test_05_instruction_detox(paper, launched):
     assert {"instruction_toxicity", "above_threshold"} <= set(tests.columns)
     assert set(tests["kind"]) == {"toxic", "regular"}
     states = {"original θ_alp": theta_alp, "toxic θ_tox": theta_tox}
-    for lam in cfg["lams"]:
+    for lam in cfg.lams:
         states[f"detoxified λ={lam}"] = I.negate_continued(theta_alp, theta_tox, lam)
     scored = bench.score(bench.respond_all(states, tests), scorer, judge)
     results = I.summary(scored, list(states))
@@ -276,10 +276,10 @@ def test_05_instruction_detox(paper, launched):
     from pemnb.backbones import hub_source
 
     other = Path(os.environ["PEMNB_HUB_DIR"]).parent / "alpaca-lora-alpha-32"
-    shutil.copytree(hub_source(cfg["alpaca_adapter"]), other, dirs_exist_ok=True)
+    shutil.copytree(hub_source(cfg.alpaca_adapter), other, dirs_exist_ok=True)
     config = json.loads((other / "adapter_config.json").read_text())
     (other / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 32}))
-    bench.cfg = {**cfg, "alpaca_adapter": str(other)}
+    bench.cfg = cfg.replace(alpaca_adapter=str(other))
     with pytest.raises(ValueError, match="lora_alpha"):
         bench.alpaca_module(alpaca_rows)
 
