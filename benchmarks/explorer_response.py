@@ -34,13 +34,13 @@ def explorer_for(chapter: str, p):
     if chapter == "02":
         from pemnb import multitask as M
 
-        s = M.chapter_settings(p)
+        s = M.settings(p)
         tasks = {t: M.load_task(t, s, seed=p.seed) for t in M.TASKS}
         bench = M.make_bench(p, "lora", s)
         fmt = M.prompt_format(bench, s)
         few = {t: M.EvalSet(t, d.eval.select(range(min(8, len(d.eval)))), fmt, bench.tokenizer) for t, d in tasks.items()}
         theta = bench.identity()
-        return bench, X.Method(pair("paper", theta, theta), X.choice_scorer(bench, few, s["eval_batch"]))
+        return bench, X.Method(pair("paper", theta, theta), X.choice_scorer(bench, few, s.eval_batch))
     if chapter == "03":
         from pemnb import arithmetic as A
         from pemnb import unlearning as U

@@ -244,19 +244,19 @@ def jobs_01(p: Profile) -> list[Job]:
 def jobs_02(p: Profile) -> list[Job]:
     from . import multitask as M
 
-    s = M.chapter_settings(p)
+    s = M.settings(p)
     out = []
     for task in M.TASKS:
         rows = _rows("glue/rte", "train") if task == "rte" else _rows("glue/mnli", "validation_matched")
-        mean, longest = token_lengths([M.prompt(task, r) for r in rows], s["max_length"])
+        mean, longest = token_lengths([M.prompt(task, r) for r in rows], s.max_length)
         n_eval = GLUE_VALIDATION[task]
-        for kind in s["kinds"]:
-            hp = s["hparams"][task][kind]
-            out.append(Job(f"{task} {kind}", s["backbone"], kind, "seq2seq", int(hp["steps"]), int(hp["batch"]),
-                           s.get("micro_batch"), mean, 2, longest, 2, lora_r=s["lora_r"]))
-            out.append(Job(f"{task} {kind} λ sweep", s["backbone"], kind, "seq2seq", tokens_in=mean, tokens_out=2,
-                           longest_in=longest, longest_out=2, forward_examples=len(s["lam_grid"]) * n_eval,
-                           lora_r=s["lora_r"]))
+        for kind in s.kinds:
+            hp = s.hparams[task][kind]
+            out.append(Job(f"{task} {kind}", s.backbone, kind, "seq2seq", int(hp["steps"]), int(hp["batch"]),
+                           s.micro_batch, mean, 2, longest, 2, lora_r=s.lora_r))
+            out.append(Job(f"{task} {kind} λ sweep", s.backbone, kind, "seq2seq", tokens_in=mean, tokens_out=2,
+                           longest_in=longest, longest_out=2, forward_examples=len(s.lam_grid) * n_eval,
+                           lora_r=s.lora_r))
     return out
 
 
@@ -342,13 +342,13 @@ def jobs_06(p: Profile) -> list[Job]:
         out.append(Job(f"{task}: {methods} methods × {grid} λ", p.encoder, "lora", "classification", tokens_in=mean,
                        longest_in=longest, forward_examples=methods * grid * GLUE_VALIDATION[task], lora_r=p.lora_r))
     if s.multitask:
-        ms = M.chapter_settings(p)
+        ms = M.settings(p)
         rows = _rows("glue/mnli", "validation_matched")
-        mean, longest = token_lengths([M.prompt("mnli", r) for r in rows], ms["max_length"])
+        mean, longest = token_lengths([M.prompt("mnli", r) for r in rows], ms.max_length)
         n = GLUE_VALIDATION["mnli"] + GLUE_VALIDATION["rte"]
-        out.append(Job(f"MNLI + RTE: {methods} methods × {grid} λ", ms["backbone"], "lora", "seq2seq", tokens_in=mean,
+        out.append(Job(f"MNLI + RTE: {methods} methods × {grid} λ", ms.backbone, "lora", "seq2seq", tokens_in=mean,
                        tokens_out=2, longest_in=longest, longest_out=2, forward_examples=methods * grid * n,
-                       lora_r=ms["lora_r"]))
+                       lora_r=ms.lora_r))
     return out
 
 

@@ -81,14 +81,14 @@ def train_02(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
     from . import multitask as M
     from .cache import Cache
 
-    s = M.chapter_settings(profile)
+    s = M.settings(profile)
     tasks = {t: M.load_task(t, s, seed=profile.seed) for t in M.TASKS}
     done = []
-    for kind in kinds or s["kinds"]:
+    for kind in kinds or s.kinds:
         bench = M.make_bench(profile, kind, s, cache=Cache(), progress=progress)
         fmt = M.prompt_format(bench, s)
         examples = {t: M.training_examples(bench, t, d.train, fmt) for t, d in tasks.items()}
-        M.train_task_modules(bench, examples, s["hparams"])
+        M.train_task_modules(bench, examples, s.hparams)
         done += [f"{kind} multitask-{t}" for t in tasks]
         del bench
         _free()

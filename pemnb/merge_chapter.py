@@ -248,12 +248,12 @@ def multitask_scenario(profile: Profile, settings: Settings, *, progress: bool =
     first ``multitask_eval_rows`` of each task); `score` is the mean accuracy of the two tasks."""
     from . import multitask as MT
 
-    ms = MT.chapter_settings(profile)
+    ms = MT.settings(profile)
     tasks = {t: MT.load_task(t, ms, seed=profile.seed) for t in MT.TASKS}
     bench = MT.make_bench(profile, "lora", ms, cache=Cache(), progress=progress)
     fmt = MT.prompt_format(bench, ms)
     examples = {t: MT.training_examples(bench, t, d.train, fmt) for t, d in tasks.items()}
-    modules = MT.train_task_modules(bench, examples, ms["hparams"])
+    modules = MT.train_task_modules(bench, examples, ms.hparams)
     n = settings.multitask_eval_rows
     evalsets = {t: MT.EvalSet(t, d.eval if n is None else d.eval.select(range(min(n, len(d.eval)))), fmt,
                               bench.tokenizer) for t, d in tasks.items()}
@@ -261,11 +261,11 @@ def multitask_scenario(profile: Profile, settings: Settings, *, progress: bool =
         name="MNLI + RTE", source="chapter 02 (multitask)", model=bench.model,
         theta1=modules["mnli"], theta2=modules["rte"], scaling=bench.scaling(),
         evaluate=functools.partial(_answer_accuracy, tokenizer=bench.tokenizer, evalsets=evalsets,
-                                   batch_size=int(ms["eval_batch"])),
+                                   batch_size=int(ms.eval_batch)),
         score="mean", ends=("RTE module alone", "MNLI module alone"),
-        key={"backbone": ms["backbone"], "eval": {t: es.fingerprint for t, es in evalsets.items()},
+        key={"backbone": ms.backbone, "eval": {t: es.fingerprint for t, es in evalsets.items()},
              "theta1": state_fingerprint(modules["mnli"]), "theta2": state_fingerprint(modules["rte"])},
-        note=f"{ms['backbone']}, {' + '.join(f'{len(es)} {t.upper()}' for t, es in evalsets.items())} "
+        note=f"{ms.backbone}, {' + '.join(f'{len(es)} {t.upper()}' for t, es in evalsets.items())} "
              "evaluation rows, mean accuracy")
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from . import arithmetic, data
 from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
 from .evaluate import constrained_generate, constrained_scores, score_choices
 from .profiles import Profile, inclusive_grid
+from .settings import ChapterSettings
 
 CHAPTER = "multitask"
 TASKS = ("mnli", "rte")
@@ -46,12 +47,12 @@ PAPER_HPARAMS = {
             "ia3": {"lr": 5e-3, "steps": 8000, "batch": 32}},
 }
 
-# Chapter settings per profile; `profile.chapter("multitask")` overrides merge on top (see chapter_settings).
+# Chapter settings per profile; `profile.chapter("multitask")` overrides merge on top (see Settings).
 #   train_rows / eval_rows: rows per task (None = the whole split)
 #   mnli_train_split: "train" (the hub's MNLI train) or "validation_matched" (carve a training part out of it,
 #                     disjoint from the evaluation part: the offline data folder has no MNLI train split)
 #   chat: wrap prompts in the backbone's chat template (decoder-only instruction-tuned models)
-SETTINGS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "backbone": None,  # profile.decoder (smoke-llama)
         "chat": False,
@@ -103,15 +104,38 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def chapter_settings(profile: Profile) -> dict[str, Any]:
-    """This chapter's settings at `profile`: SETTINGS[profile.name] with `profile.chapter("multitask")` on top."""
-    if profile.name not in SETTINGS:
-        raise ValueError(f"no multitask settings for profile {profile.name!r}; known: {sorted(SETTINGS)}")
-    s = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in SETTINGS[profile.name].items()}
-    s.update({k: (dict(v) if isinstance(v, Mapping) else v) for k, v in profile.chapter(CHAPTER).items()})
-    s["backbone"] = s["backbone"] or profile.decoder
-    s["lam_grid"] = tuple(float(x) for x in s["lam_grid"])
-    return s
+@dataclass(frozen=True)
+class Settings(ChapterSettings):
+    """Chapter 02's settings (presets above; ``profile.chapter("multitask")`` overrides them)."""
+
+    CHAPTER: ClassVar[str] = CHAPTER
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
+    backbone: str                        # None in a preset: the profile's decoder
+    chat: bool                           # wrap prompts in the backbone's chat template
+    lora_r: int
+    lora_alpha: int
+    max_length: int
+    kinds: tuple[str, ...]
+    hparams: Mapping[str, Mapping[str, Mapping[str, Any]]]   # task → kind → {lr, steps, batch}
+    train_rows: Mapping[str, int | None]
+    eval_rows: Mapping[str, int | None]
+    mnli_train_split: str
+    eval_batch: int
+    lam_grid: tuple[float, ...]
+    format_probe_rows: int
+    parity_kind: str
+    parity_rows: int
+    num_beams: int
+    micro_batch: int | None = None       # passes of this many examples accumulate to one batch
+
+    @classmethod
+    def derive(cls, profile: Profile, values: dict[str, Any]) -> dict[str, Any]:
+        return {**values, "backbone": values["backbone"] or profile.decoder}
+
+
+def settings(profile: Profile, **overrides: Any) -> Settings:
+    """This chapter's settings at `profile` (an unknown profile, field or type raises)."""
+    return Settings.for_profile(profile, **overrides)
 
 
 # ------------------------------------------------------------------------------------------- prompts
@@ -209,27 +233,27 @@ class TaskData:
     note: str
 
 
-def load_task(task: str, s: Mapping[str, Any], seed: int, *, root=None) -> TaskData:
+def load_task(task: str, s: Settings, seed: int, *, root=None) -> TaskData:
     """Training and evaluation rows of `task` at settings `s` (see SETTINGS).
 
     RTE: train split → training, validation split → evaluation. MNLI: with ``mnli_train_split="train"``
     the hub's train split and validation_matched; otherwise both parts are carved out of
     validation_matched: first the evaluation part, then the training part from the REST (disjoint).
     """
-    n_train, n_eval = s["train_rows"][task], s["eval_rows"][task]
+    n_train, n_eval = s.train_rows[task], s.eval_rows[task]
     if task == "rte":
         train = data.subsample(data.load("glue/rte", "train", root=root), n_train, seed)
         evalset = data.subsample(data.load("glue/rte", "validation", root=root), n_eval, seed + 1)
         return TaskData(task, train, evalset, f"RTE train ({len(train)} rows) → validation ({len(evalset)} rows)")
     if task != "mnli":
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    if s["mnli_train_split"] == "train":
+    if s.mnli_train_split == "train":
         train = data.subsample(data.load("glue/mnli", "train", root=root), n_train, seed)
         evalset = data.subsample(data.load("glue/mnli", "validation_matched", root=root), n_eval, seed + 1)
         return TaskData(task, train, evalset,
                         f"MNLI train ({len(train)} rows) → validation_matched ({len(evalset)} rows)")
-    if s["mnli_train_split"] != "validation_matched":
-        raise ValueError(f"mnli_train_split must be 'train' or 'validation_matched', got {s['mnli_train_split']!r}")
+    if s.mnli_train_split != "validation_matched":
+        raise ValueError(f"mnli_train_split must be 'train' or 'validation_matched', got {s.mnli_train_split!r}")
     pool = data.load("glue/mnli", "validation_matched", root=root)
     if n_eval is None:
         raise ValueError("carving MNLI out of validation_matched needs a finite eval_rows['mnli']")
@@ -317,22 +341,22 @@ class Evaluator:
 
 
 # ------------------------------------------------------------------------------------------- modules
-def make_bench(profile: Profile, kind: str, s: Mapping[str, Any], *, cache: Cache | None = None,
+def make_bench(profile: Profile, kind: str, s: Settings, *, cache: Cache | None = None,
                progress: bool = True):
     """A DecoderBench on the chapter's backbone, with the chapter's LoRA rank and max length."""
     import dataclasses
 
     from .generative import DecoderBench
 
-    p = dataclasses.replace(profile, max_length=int(s["max_length"]),
-                            micro_batch=s.get("micro_batch") or profile.micro_batch)
-    return DecoderBench(p, kind, backbone=s["backbone"], cache=cache, lora_r=int(s["lora_r"]),
-                        lora_alpha=int(s["lora_alpha"]), progress=progress)
+    p = dataclasses.replace(profile, max_length=int(s.max_length),
+                            micro_batch=s.micro_batch or profile.micro_batch)
+    return DecoderBench(p, kind, backbone=s.backbone, cache=cache, lora_r=int(s.lora_r),
+                        lora_alpha=int(s.lora_alpha), progress=progress)
 
 
-def prompt_format(bench, s: Mapping[str, Any], chat: bool | None = None) -> PromptFormat:
+def prompt_format(bench, s: Settings, chat: bool | None = None) -> PromptFormat:
     """The chapter's prompt format for this bench's backbone (chat template only on decoder-only models)."""
-    chat = s["chat"] if chat is None else chat
+    chat = s.chat if chat is None else chat
     return PromptFormat(chat=bool(chat) and not bench.encoder_decoder, encoder_decoder=bench.encoder_decoder)
 
 
@@ -425,11 +449,11 @@ def best_merge(sweep_rows: Sequence[Mapping], kind: str) -> dict[str, float]:
 
 
 @presentation
-def hparam_table(s: Mapping[str, Any]) -> "pd.DataFrame":
+def hparam_table(s: Settings) -> "pd.DataFrame":
     """Learning rate / steps / batch per task and kind at these settings (for the provenance)."""
     import pandas as pd
 
-    rows = [{"task": t.upper(), "kind": k, **s["hparams"][t][k]} for t in TASKS for k in KINDS]
+    rows = [{"task": t.upper(), "kind": k, **s.hparams[t][k]} for t in TASKS for k in KINDS]
     return pd.DataFrame(rows).set_index(["task", "kind"])
 
 

@@ -30,7 +30,7 @@ def environment(work: Path) -> dict[str, str]:
     data = tiny_hub.build_data(work / "paper-data", SHIPPED_DATA)
     chapters = {k: dict(v) for k, v in T.CUTS.items()}
     mt = chapters["multitask"]
-    mt["hparams"] = T._with_steps(MT.SETTINGS["paper"]["hparams"], mt.pop("steps"))
+    mt["hparams"] = T._with_steps(MT.PRESETS["paper"]["hparams"], mt.pop("steps"))
     overrides = {"train_size": 16, "eval_size": 16, "steps": 2, "device": os.environ.get("PEMNB_DEVICE", "cpu"),
                  "chapters": chapters}
     return {"PEMNB_PROFILE": "paper", "PEMNB_PROFILE_OVERRIDES": json.dumps(overrides), "PEMNB_HUB_DIR": str(hub),

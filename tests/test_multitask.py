@@ -38,39 +38,39 @@ def test_prompt_format_spaces_answers_only_after_a_raw_prompt():
     assert M.PromptFormat().text(tok, "Does it?") == "Does it?"
 
 
-def test_chapter_settings_merge_profile_overrides_and_keep_table_8():
-    s = M.chapter_settings(load_profile("smoke"))
-    assert s["backbone"] == "smoke-llama" and s["lam_grid"] == (0.0, 0.5, 1.0)
+def test_settings_merge_profile_overrides_and_keep_table_8():
+    s = M.settings(load_profile("smoke"))
+    assert s.backbone == "smoke-llama" and s.lam_grid == (0.0, 0.5, 1.0)
     over = load_profile("smoke", chapters={"multitask": {"lam_grid": (0.0, 1.0), "chat": True}})
-    s2 = M.chapter_settings(over)
-    assert s2["lam_grid"] == (0.0, 1.0) and s2["chat"] is True and s2["train_rows"] == s["train_rows"]
-    p = M.chapter_settings(load_profile("paper"))
-    assert p["backbone"] == "t5-base" and p["lora_r"] == 32 and len(p["lam_grid"]) == 51
-    assert p["hparams"]["mnli"]["ia3"] == {"lr": 4e-3, "steps": 20000, "batch": 128}
-    assert p["hparams"]["rte"]["lora"] == {"lr": 5e-3, "steps": 4000, "batch": 32}
-    small = M.chapter_settings(load_profile("small"))
-    assert small["backbone"] == "smollm2-135m" and small["mnli_train_split"] == "validation_matched"
+    s2 = M.settings(over)
+    assert s2.lam_grid == (0.0, 1.0) and s2.chat is True and s2.train_rows == s.train_rows
+    p = M.settings(load_profile("paper"))
+    assert p.backbone == "t5-base" and p.lora_r == 32 and len(p.lam_grid) == 51
+    assert p.hparams["mnli"]["ia3"] == {"lr": 4e-3, "steps": 20000, "batch": 128}
+    assert p.hparams["rte"]["lora"] == {"lr": 5e-3, "steps": 4000, "batch": 32}
+    small = M.settings(load_profile("small"))
+    assert small.backbone == "smollm2-135m" and small.mnli_train_split == "validation_matched"
 
 
 def test_mnli_training_part_is_carved_disjoint_from_evaluation(shared_data):
-    s = M.chapter_settings(load_profile("smoke"))
+    s = M.settings(load_profile("smoke"))
     mnli = M.load_task("mnli", s, seed=0)
-    assert len(mnli.train) == s["train_rows"]["mnli"] and len(mnli.eval) == s["eval_rows"]["mnli"]
+    assert len(mnli.train) == s.train_rows["mnli"] and len(mnli.eval) == s.eval_rows["mnli"]
     assert not set(mnli.train["idx"]) & set(mnli.eval["idx"])
     assert "carved" in mnli.note
     again = M.load_task("mnli", s, seed=0)
     assert list(again.eval["idx"]) == list(mnli.eval["idx"])  # deterministic
     rte = M.load_task("rte", s, seed=0)
-    assert len(rte.train) == s["train_rows"]["rte"] and set(rte.eval["label"]) <= {0, 1}
+    assert len(rte.train) == s.train_rows["rte"] and set(rte.eval["label"]) <= {0, 1}
     with pytest.raises(ValueError, match="mnli_train_split"):
-        M.load_task("mnli", {**s, "mnli_train_split": "test"}, seed=0)
+        M.load_task("mnli", s.replace(mnli_train_split="test"), seed=0)
 
 
 @pytest.mark.parametrize("name", ["smoke-llama", "smoke-t5"])
 def test_one_pass_scoring_agrees_with_constrained_beam_search_on_task_prompts(shared_data, name):
     enc_dec = name == "smoke-t5"
     model, tok = load_backbone(name, "seq2seq" if enc_dec else "causal_lm", seed=0, device="cpu")
-    s = M.chapter_settings(load_profile("smoke"))
+    s = M.settings(load_profile("smoke"))
     fmt = M.PromptFormat(encoder_decoder=enc_dec)
     for task in M.TASKS:
         es = M.EvalSet(task, M.load_task(task, s, seed=0).eval.select(range(6)), fmt, tok)
@@ -104,21 +104,21 @@ def test_smollm2_answers_are_single_tokens():
 def test_merge_sweep_endpoints_are_the_single_modules_and_results_are_cached(shared_data, tmp_path):
     profile = load_profile("smoke", chapters={"multitask": {"train_rows": {"mnli": 16, "rte": 16},
                                                            "eval_rows": {"mnli": 12, "rte": 12}}})
-    s = M.chapter_settings(profile)
-    bench = DecoderBench(profile, "lora", cache=Cache(tmp_path), lora_r=s["lora_r"], lora_alpha=s["lora_alpha"],
+    s = M.settings(profile)
+    bench = DecoderBench(profile, "lora", cache=Cache(tmp_path), lora_r=s.lora_r, lora_alpha=s.lora_alpha,
                          progress=False)
     fmt = M.PromptFormat()
     tasks = {t: M.load_task(t, s, seed=0) for t in M.TASKS}
     examples = {t: M.training_examples(bench, t, d.train, fmt) for t, d in tasks.items()}
     # the answer tokens are the only scored labels: one answer token + EOS per example
     assert all(sum(x != -100 for x in e["labels"]) == 2 for e in examples["rte"])
-    modules = M.train_task_modules(bench, examples, s["hparams"])
+    modules = M.train_task_modules(bench, examples, s.hparams)
     assert set(modules) == {"mnli", "rte"}
     assert not all(torch.equal(modules["mnli"][k], modules["rte"][k]) for k in modules["mnli"])
     evalsets = {t: M.EvalSet(t, d.eval, fmt, bench.tokenizer) for t, d in tasks.items()}
     ev = M.Evaluator(bench, evalsets, cache=Cache(tmp_path))
-    rows = M.merge_sweep(ev, modules["mnli"], modules["rte"], "lora", s["lam_grid"], progress=False)
-    assert len(rows) == len(s["lam_grid"]) * 2
+    rows = M.merge_sweep(ev, modules["mnli"], modules["rte"], "lora", s.lam_grid, progress=False)
+    assert len(rows) == len(s.lam_grid) * 2
     df = pd.DataFrame(rows).pivot_table(index="lam", columns="task", values="accuracy")
     for task in M.TASKS:  # λ = 1 is the MNLI module, λ = 0 the RTE module: exactly
         assert df.loc[1.0, task] == M.accuracy(bench, modules["mnli"], evalsets[task])
@@ -146,7 +146,7 @@ def test_state_fingerprint_sees_every_value():
     assert M.state_fingerprint(s) != M.state_fingerprint(t)
     with pytest.raises(ValueError, match="no sweep rows"):
         M.summary([])
-    assert np.isclose(M.hparam_table(M.chapter_settings(load_profile("paper"))).loc[("MNLI", "fft"), "lr"], 2e-4)
+    assert np.isclose(M.hparam_table(M.settings(load_profile("paper"))).loc[("MNLI", "fft"), "lr"], 2e-4)
 
 
 def test_sweep_figure_draws_each_tasks_zero_shot_in_its_colour():

@@ -75,7 +75,7 @@ def paper(tmp_path_factory):
     os.environ.update({"PEMNB_HUB_DIR": str(hub), "PEMNB_DATA_DIR": str(data)})
     chapters = {k: dict(v) for k, v in CUTS.items()}
     mt = chapters["multitask"]
-    mt["hparams"] = _with_steps(MT.SETTINGS["paper"]["hparams"], mt.pop("steps"))
+    mt["hparams"] = _with_steps(MT.PRESETS["paper"]["hparams"], mt.pop("steps"))
     # On the CPU unless $PEMNB_DEVICE says otherwise (PEMNB_DEVICE=cuda runs the same dry run on a GPU).
     device = {} if os.environ.get("PEMNB_DEVICE") else {"device": "cpu"}
     profile = load_profile("paper", train_size=16, eval_size=16, steps=2, chapters=chapters, **device)
@@ -155,8 +155,8 @@ def test_02_multitask(paper, launched):
     from pemnb import multitask as M
     from pemnb.cache import Cache
 
-    s = M.chapter_settings(paper)
-    assert s["backbone"] == "t5-base" and s["lora_r"] == 32 and len(s["lam_grid"]) == 51
+    s = M.settings(paper)
+    assert s.backbone == "t5-base" and s.lora_r == 32 and len(s.lam_grid) == 51
     tasks = {t: M.load_task(t, s, seed=paper.seed) for t in M.TASKS}
     cache = Cache()
     bench = M.make_bench(paper, "lora", s, cache=cache, progress=False)
@@ -166,20 +166,20 @@ def test_02_multitask(paper, launched):
     for t in M.TASKS:  # the constrained answers are single tokens, so one-pass scoring is exact
         ids = M.single_token_answers(bench.tokenizer, fmt.choices(t))
         assert all(len(v) == 1 for v in ids.values()), ids
-    probe = M.format_probe(bench, tasks, s["format_probe_rows"], s["eval_batch"])
+    probe = M.format_probe(bench, tasks, s.format_probe_rows, s.eval_batch)
     assert {r["format"] for r in probe} == {"raw prompt"}  # T5: no chat template
     evalsets = {t: M.EvalSet(t, d.eval, fmt, bench.tokenizer) for t, d in tasks.items()}
     sweep_rows = []
-    for kind in s["kinds"]:
+    for kind in s.kinds:
         if kind != bench.kind:
             bench = M.make_bench(paper, kind, s, cache=cache, progress=False)
-        evaluator = M.Evaluator(bench, evalsets, s["eval_batch"], cache=cache)
+        evaluator = M.Evaluator(bench, evalsets, s.eval_batch, cache=cache)
         examples = {t: M.training_examples(bench, t, d.train, fmt) for t, d in tasks.items()}
-        modules = M.train_task_modules(bench, examples, s["hparams"])
-        sweep_rows += M.merge_sweep(evaluator, modules["mnli"], modules["rte"], kind, s["lam_grid"], progress=False)
-        if kind == s["parity_kind"]:
+        modules = M.train_task_modules(bench, examples, s.hparams)
+        sweep_rows += M.merge_sweep(evaluator, modules["mnli"], modules["rte"], kind, s.lam_grid, progress=False)
+        if kind == s.parity_kind:
             for t in M.TASKS:
-                par = M.parity(bench, modules[t], evalsets[t], s["parity_rows"], s["num_beams"])
+                par = M.parity(bench, modules[t], evalsets[t], s.parity_rows, s.num_beams)
                 assert par["agreement (answer + EOS)"] == 1.0, par
     summary = M.summary(sweep_rows)
     assert set(summary.index.get_level_values("kind")) == {"fft", "lora", "ia3"}
