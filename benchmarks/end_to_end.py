@@ -28,8 +28,8 @@ TASK, KIND = "glue/sst2", "lora"
 
 def run(n: int = 200, repeat: int = 3) -> dict:
     profile = load_profile("small")
-    settings = D.settings_for(profile)
-    grid = tuple(settings["lam_grid"])
+    settings = D.settings(profile)
+    grid = tuple(settings.lam_grid)
     scratch = Path(tempfile.mkdtemp(prefix="pemnb-bench-"))
     try:
         bench = ClassifierBench(D.chapter_profile(profile, settings), TASK, KIND, cache=Cache(scratch / "modules"),

@@ -27,9 +27,9 @@ TASK, KIND = "sst2", "lora"
 def run(repeat: int = 3, train: bool = True, steps: int | None = None, eval_rows: int | None = None,
         kinds: tuple[str, ...] = ("lora", "ia3", "fft")) -> dict:
     profile = load_profile("small")
-    settings = D.settings_for(profile)
+    settings = D.settings(profile)
     if eval_rows is not None:  # --quick
-        settings = {**settings, "select_max": eval_rows, "eval_max": eval_rows}
+        settings = settings.replace(select_max=eval_rows, eval_max=eval_rows)
     td = D.task_data(TASK, profile, settings)
     out = {"backbone": profile.encoder, "task": TASK, "repeat": repeat, "kinds": {}}
     for kind in kinds:
@@ -37,7 +37,7 @@ def run(repeat: int = 3, train: bool = True, steps: int | None = None, eval_rows
         bench.autocast_bf16 = False  # the modules are float32-trained; each side sets its own precision
         sets = {"select": bench.batches(td.select), "eval": bench.batches(td.evalset)}
         states = {f"λ={lam:g}": arithmetic.merge(modules["s0"], modules["s1"], lam, kind)
-                  for lam in settings["lam_grid"]}
+                  for lam in settings.lam_grid}
         states["fullset"] = modules["fullset"]
         rows, agree_n, fp32_s, bf16_s, max_diff = 0, 0.0, 0.0, 0.0, 0.0
         for state in states.values():
@@ -60,7 +60,7 @@ def run(repeat: int = 3, train: bool = True, steps: int | None = None, eval_rows
         bench, _ = D.train_modules(profile, td, KIND, settings, progress=False)
         bench.autocast_bf16 = False
         sets = {"eval": bench.batches(td.evalset)}
-        steps = steps or int(settings["steps"][KIND])
+        steps = steps or int(settings.steps[KIND])
         p = bench.profile
         examples = bench.examples(td.s0)
         trained = {}

@@ -25,9 +25,9 @@ def run(kinds: tuple[str, ...] = ("lora", "ia3", "fft"), grid_step: float = 0.02
     from pemnb.profiles import inclusive_grid
 
     profile = load_profile("small")
-    settings = D.settings_for(profile)
+    settings = D.settings(profile)
     if eval_rows is not None:  # --quick
-        settings = {**settings, "select_max": eval_rows, "eval_max": eval_rows}
+        settings = settings.replace(select_max=eval_rows, eval_max=eval_rows)
     td = D.task_data(TASK, profile, settings)
     grid = inclusive_grid(0.0, 1.0, grid_step)
     metric = headline_metric(TASK)

@@ -18,7 +18,7 @@ import functools
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,6 +28,7 @@ from .backbones import torch_threads
 from .cache import TRAINING_CODE, Cache, presentation
 from .evaluate import METRICS, headline_metric
 from .profiles import Profile, inclusive_grid
+from .settings import ChapterSettings
 from .sweep import sweep as lam_sweep
 
 CHAPTER = "distribution"
@@ -56,7 +57,7 @@ TABLE9 = {
 }
 
 # Per-profile chapter settings; `profile.chapter("distribution")` overrides are merged on top.
-SETTINGS: dict[str, dict[str, Any]] = {
+PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         # A classification task with a train split, the regression task, a 3-class task carved out of
         # validation data, and QQP's tiny validation subset: every code path, in seconds.
@@ -99,30 +100,55 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def settings_for(profile: Profile, **overrides: Any) -> dict[str, Any]:
-    """This chapter's settings for `profile`: defaults, then profile overrides, then call overrides."""
-    base = SETTINGS.get(profile.name, SETTINGS["small"])
-    s = {**base, **dict(profile.chapter(CHAPTER)), **overrides}
-    s["steps"] = {**base["steps"], **dict(s["steps"])}
-    s["lr"] = {k: float(v) for k, v in {**dict(profile.lr), **dict(s["lr"])}.items()}
-    s["lam_grid"] = tuple(float(x) for x in (s["lam_grid"] or profile.lam_grid))
-    s["tasks"], s["kinds"] = tuple(s["tasks"]), tuple(s["kinds"])
-    for lam in (0.0, 0.5, 1.0):  # the endpoints are the single modules; 0.5 is the untuned merge
-        if not any(abs(x - lam) < 1e-9 for x in s["lam_grid"]):
-            raise ValueError(f"the λ grid must contain {lam}: {s['lam_grid']}")
-    if not 0.5 < s["share"] < 1:
-        raise ValueError(f"share must lie in (0.5, 1), got {s['share']}")
-    return s
+@dataclass(frozen=True)
+class Settings(ChapterSettings):
+    """Chapter 01's settings (presets above; ``profile.chapter("distribution")`` overrides them)."""
+
+    CHAPTER: ClassVar[str] = CHAPTER
+    PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = PRESETS
+    tasks: tuple[str, ...]
+    kinds: tuple[str, ...]
+    steps: Mapping[str, int]             # per kind (an override names only the kinds it changes)
+    lr: Mapping[str, float]              # per kind, on top of the profile's
+    max_length: int
+    lam_grid: tuple[float, ...]          # None in a preset: the profile's grid
+    share: float                         # of the skewed label's examples that go to s0
+    skew_label: str | int                # "paper": the label Table 9 implies; else a label index
+    carve_rows: int                      # training pool carved from validation when a task has no train split
+    min_eval_rows: int                   # below this many held-out rows a carved task is dropped
+    select_fraction: float
+    select_max: int | None
+    eval_max: int | None
+
+    @classmethod
+    def derive(cls, profile: Profile, values: dict[str, Any]) -> dict[str, Any]:
+        preset = cls.PRESETS[profile.name]
+        return {**values, "steps": {**preset["steps"], **dict(values["steps"])},
+                "lr": {k: float(v) for k, v in {**dict(profile.lr), **dict(values["lr"])}.items()},
+                "lam_grid": tuple(float(x) for x in (values["lam_grid"] or profile.lam_grid))}
+
+    def __post_init__(self):
+        super().__post_init__()
+        for lam in (0.0, 0.5, 1.0):  # the endpoints are the single modules; 0.5 is the untuned merge
+            if not any(abs(x - lam) < 1e-9 for x in self.lam_grid):
+                raise ValueError(f"the λ grid must contain {lam}: {self.lam_grid}")
+        if not 0.5 < self.share < 1:
+            raise ValueError(f"share must lie in (0.5, 1), got {self.share}")
 
 
-def chapter_profile(profile: Profile, settings: Mapping[str, Any]) -> Profile:
+def settings(profile: Profile, **overrides: Any) -> Settings:
+    """This chapter's settings at `profile` (an unknown profile, field or type raises)."""
+    return Settings.for_profile(profile, **overrides)
+
+
+def chapter_profile(profile: Profile, settings: Settings) -> Profile:
     """The profile with this chapter's max length, learning rates and evaluation size applied."""
     import dataclasses
 
-    steps = max(int(settings["steps"][k]) for k in settings["kinds"])  # shown in provenance; per kind in settings
-    return dataclasses.replace(profile, max_length=int(settings["max_length"]), lr=dict(settings["lr"]),
-                               eval_size=settings["eval_max"], steps=steps,
-                               lam_grid=tuple(settings["lam_grid"]))
+    steps = max(int(settings.steps[k]) for k in settings.kinds)  # shown in provenance; per kind in settings
+    return dataclasses.replace(profile, max_length=int(settings.max_length), lr=dict(settings.lr),
+                               eval_size=settings.eval_max, steps=steps,
+                               lam_grid=tuple(settings.lam_grid))
 
 
 # ------------------------------------------------------------------------------------------- split
@@ -207,7 +233,7 @@ def _split_of(ds, idx) -> Any:
     return ds.select([int(i) for i in idx])
 
 
-def task_data(task: str, profile: Profile, settings: Mapping[str, Any]) -> TaskData:
+def task_data(task: str, profile: Profile, settings: Settings) -> TaskData:
     """Load a task, make the skewed s0/s1 samples (train_size each), and the selection/evaluation parts.
 
     The training pool is the train split; a task without one (offline: MNLI, QNLI, QQP) has
@@ -220,20 +246,20 @@ def task_data(task: str, profile: Profile, settings: Mapping[str, Any]) -> TaskD
         pool = data.load(name, "train")
         source = f"train split ({len(pool)} rows)"
     except data.DataNotFound:
-        carve = int(settings["carve_rows"])
+        carve = int(settings.carve_rows)
         left = len(heldout) - carve
-        if carve < 2 * n or left < settings["min_eval_rows"]:
+        if carve < 2 * n or left < settings.min_eval_rows:
             raise TaskSkipped(
                 f"{task}: no train split, and its {len(heldout)} labelled validation rows cannot give a "
-                f"training pool of ≥ {2 * n} rows (two subsets of {n}) and ≥ {settings['min_eval_rows']} "
+                f"training pool of ≥ {2 * n} rows (two subsets of {n}) and ≥ {settings.min_eval_rows} "
                 f"held-out rows") from None
         pool, heldout = data.split_off(heldout, carve, seed=seed)
         source = (f"no train split here: {carve} rows carved out of "
                   f"{EVAL_SPLIT.get(task, 'validation')} (pemnb.data.split_off, seed {seed})")
     y = split_labels(pool["label"], task)
-    wanted = settings["skew_label"]
+    wanted = settings.skew_label
     label = PAPER_SKEW_LABEL[task] if wanted == "paper" else wanted
-    i0, i1, label = skewed_split(y, seed=seed, label=label, share=settings["share"])
+    i0, i1, label = skewed_split(y, seed=seed, label=label, share=settings.share)
     if len(i0) < n:
         raise TaskSkipped(f"{task}: each skewed subset has {len(i0)} rows, fewer than train_size {n}")
     s0 = data.subsample(_split_of(pool, i0), n, seed=seed)
@@ -241,11 +267,11 @@ def task_data(task: str, profile: Profile, settings: Mapping[str, Any]) -> TaskD
     import datasets
 
     fullset = datasets.concatenate_datasets([s0, s1])
-    n_sel = int(round(settings["select_fraction"] * len(heldout)))
-    if settings["select_max"] is not None:
-        n_sel = min(n_sel, int(settings["select_max"]))
+    n_sel = int(round(settings.select_fraction * len(heldout)))
+    if settings.select_max is not None:
+        n_sel = min(n_sel, int(settings.select_max))
     select, rest = data.split_off(heldout, n_sel, seed=seed + 2)
-    evalset = data.subsample(rest, settings["eval_max"], seed=seed + 3)
+    evalset = data.subsample(rest, settings.eval_max, seed=seed + 3)
     return TaskData(task, s0, s1, fullset, select, evalset, label, source, len(pool),
                     int(y.max()) + 1 if task != "stsb" else 2)
 
@@ -289,7 +315,7 @@ def _at(rows: Sequence[Mapping[str, Any]], lam: float) -> Mapping[str, Any]:
     return next(r for r in rows if abs(r["lam"] - lam) < 1e-9)
 
 
-def train_modules(profile: Profile, td: TaskData, kind: str, settings: Mapping[str, Any], *,
+def train_modules(profile: Profile, td: TaskData, kind: str, settings: Settings, *,
                   cache: Cache | None = None, progress: bool = True):
     """(bench, {"s0", "s1", "fullset": state}): the three modules of one task and kind, from the bench's
     shared initialisation (cached like every ClassifierBench module)."""
@@ -300,7 +326,7 @@ def train_modules(profile: Profile, td: TaskData, kind: str, settings: Mapping[s
     modules_cache = Cache(root=cache.root if cache is not None else None)
     bench = ClassifierBench(chapter_profile(profile, settings), td.name, kind, cache=modules_cache,
                             progress=progress)
-    steps = int(settings["steps"][kind])
+    steps = int(settings.steps[kind])
     modules = {}
     for sub in ("s0", "s1", "fullset"):
         ds, tag = getattr(td, sub), f"{td.task}-{sub}"
@@ -311,7 +337,7 @@ def train_modules(profile: Profile, td: TaskData, kind: str, settings: Mapping[s
     return bench, modules
 
 
-def run_task_kind(profile: Profile, td: TaskData, kind: str, settings: Mapping[str, Any], *,
+def run_task_kind(profile: Profile, td: TaskData, kind: str, settings: Settings, *,
                   cache: Cache | None = None, progress: bool = True) -> dict[str, Any]:
     """Train s0, s1 and fullset modules of `kind` on one task, sweep the merge, select λ. Cached.
 
@@ -322,10 +348,10 @@ def run_task_kind(profile: Profile, td: TaskData, kind: str, settings: Mapping[s
 
     p = chapter_profile(profile, settings)
     cache = cache if cache is not None else Cache(code_modules=CODE)
-    steps = int(settings["steps"][kind])
-    grid = tuple(settings["lam_grid"])
+    steps = int(settings.steps[kind])
+    grid = tuple(settings.lam_grid)
     parts = {"what": "distribution-task-kind", "profile": p.as_dict(), "task": td.task, "kind": kind,
-             "steps": steps, "grid": list(grid), "skew_label": td.skew_label, "share": settings["share"],
+             "steps": steps, "grid": list(grid), "skew_label": td.skew_label, "share": settings.share,
              "data": {k: fingerprint(getattr(td, k)) for k in ("s0", "s1", "select", "evalset")}}
     metric = headline_metric(td.task)
 
@@ -383,10 +409,10 @@ def results_rows(task: str, kind: str, out: Mapping[str, Any]) -> list[dict]:
     return rows
 
 
-def run_chapter(profile: Profile, settings: Mapping[str, Any] | None = None, *, cache: Cache | None = None,
+def run_chapter(profile: Profile, settings: Settings | None = None, *, cache: Cache | None = None,
                 progress: bool = True) -> ChapterResult:
     """Every task × kind of the chapter: data, modules, sweeps, λ selection, results rows."""
-    settings = dict(settings) if settings is not None else settings_for(profile)
+    settings = settings if settings is not None else Settings.for_profile(profile)
     cache = cache if cache is not None else Cache(code_modules=CODE)
     with torch_threads(1 if profile.encoder.startswith("smoke") else None):
         return _run_chapter(profile, settings, cache, progress)
@@ -396,18 +422,18 @@ def _merge_pair(theta0, theta1, kind: str, lam: float):
     return arithmetic.merge(theta0, theta1, lam, kind)
 
 
-def _run_chapter(profile: Profile, settings: dict, cache: Cache, progress: bool) -> "ChapterResult":
+def _run_chapter(profile: Profile, settings: Settings, cache: Cache, progress: bool) -> "ChapterResult":
     from .progress import tqdm
 
     t0 = time.perf_counter()
     tds, skipped = {}, {}
-    for task in settings["tasks"]:
+    for task in settings.tasks:
         try:
             tds[task] = task_data(task, profile, settings)
         except TaskSkipped as e:
             skipped[task] = str(e)
     sweep, rows, lambdas = [], [], []
-    jobs = [(t, k) for t in tds for k in settings["kinds"]]
+    jobs = [(t, k) for t in tds for k in settings.kinds]
     for task, kind in tqdm(jobs, desc="task × kind", disable=not progress):
         out = run_task_kind(profile, tds[task], kind, settings, cache=cache, progress=progress)
         metric = headline_metric(task)

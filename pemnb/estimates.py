@@ -225,18 +225,18 @@ def jobs_00(p: Profile) -> list[Job]:
 def jobs_01(p: Profile) -> list[Job]:
     from . import distribution as D
 
-    s = D.settings_for(p)
+    s = D.settings(p)
     out = []
-    for task in s["tasks"]:
-        mean, longest = token_lengths(_glue_texts(task), s["max_length"])
-        for kind in s["kinds"]:
+    for task in s.tasks:
+        mean, longest = token_lengths(_glue_texts(task), s.max_length)
+        for kind in s.kinds:
             for sub in ("s0", "s1", "fullset"):
                 n = 2 * p.train_size if sub == "fullset" else p.train_size
-                out.append(Job(f"{task} {kind} {sub}", p.encoder, kind, "classification", int(s["steps"][kind]),
+                out.append(Job(f"{task} {kind} {sub}", p.encoder, kind, "classification", int(s.steps[kind]),
                                p.batch_size, p.micro_batch, mean, 0, longest, 0, lora_r=p.lora_r,
                                extra={"rows": n}))
             out.append(Job(f"{task} {kind} λ sweep", p.encoder, kind, "classification", tokens_in=mean,
-                           longest_in=longest, forward_examples=(len(s["lam_grid"]) + 1) * GLUE_VALIDATION[task],
+                           longest_in=longest, forward_examples=(len(s.lam_grid) + 1) * GLUE_VALIDATION[task],
                            lora_r=p.lora_r))
     return out
 

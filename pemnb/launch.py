@@ -60,15 +60,15 @@ def train_01(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
     """Chapter 01: s0, s1 and fullset modules of every task and kind."""
     from . import distribution as D
 
-    settings = D.settings_for(profile)
+    settings = D.settings(profile)
     done = []
-    for task in tasks or settings["tasks"]:
+    for task in tasks or settings.tasks:
         try:
             td = D.task_data(task, profile, settings)
         except D.TaskSkipped as e:
             print(f"[pemnb.launch] skipped: {e}")
             continue
-        for kind in kinds or settings["kinds"]:
+        for kind in kinds or settings.kinds:
             bench, _ = D.train_modules(profile, td, kind, settings, progress=progress)
             done += [f"{kind} {task}-{sub}" for sub in ("s0", "s1", "fullset")]
             del bench
@@ -151,7 +151,7 @@ def train_06(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
     from . import merge_chapter as MC
 
     s = MC.settings(profile)
-    tasks = [t for t in s.distribution_tasks if t in D.settings_for(profile)["tasks"]]
+    tasks = [t for t in s.distribution_tasks if t in D.settings(profile).tasks]
     done = train_01(profile, ("lora",), progress, tasks=tasks)
     if s.multitask:
         done += train_02(profile, ("lora",), progress)

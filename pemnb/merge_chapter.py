@@ -212,9 +212,9 @@ def distribution_scenarios(profile: Profile, settings: Settings, *, progress: bo
     from .classify import fingerprint
     from .evaluate import headline_metric
 
-    ds = D.settings_for(profile)
+    ds = D.settings(profile)
     for task in settings.distribution_tasks:
-        if task not in ds["tasks"]:
+        if task not in ds.tasks:
             continue
         try:
             td = D.task_data(task, profile, ds)

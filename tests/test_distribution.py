@@ -63,14 +63,14 @@ def test_select_lambda_takes_the_best_and_breaks_ties_toward_half():
 
 def test_settings_need_the_endpoints_and_half_in_the_grid():
     p = load_profile("smoke")
-    assert D.settings_for(p)["lam_grid"][0] == 0.0
+    assert D.settings(p).lam_grid[0] == 0.0
     with pytest.raises(ValueError, match="must contain 0.5"):
-        D.settings_for(p, lam_grid=(0.0, 0.3, 1.0))
+        D.settings(p, lam_grid=(0.0, 0.3, 1.0))
 
 
 def test_real_rte_counts_land_near_table9(shared_data):
     p = load_profile("small")
-    td = D.task_data("rte", p, D.settings_for(p))
+    td = D.task_data("rte", p, D.settings(p))
     c0 = D.label_counts(td.s0["label"], 2)
     c1 = D.label_counts(td.s1["label"], 2)
     assert len(td.s0) == len(td.s1) == 1000 and len(td.fullset) == 2000
@@ -81,31 +81,31 @@ def test_real_rte_counts_land_near_table9(shared_data):
 
 def test_carved_task_is_disjoint_and_tiny_task_is_skipped(shared_data):
     p = load_profile("smoke")
-    s = D.settings_for(p)
+    s = D.settings(p)
     td = D.task_data("mnli", p, s)
-    assert "carved" in td.source and td.pool_rows == s["carve_rows"]
+    assert "carved" in td.source and td.pool_rows == s.carve_rows
     parts = [set(x["idx"]) for x in (td.fullset, td.select, td.evalset)]
     assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
     counts = D.label_counts(td.s0["label"], 3), D.label_counts(td.s1["label"], 3)
     assert counts[0][0] > counts[1][0]                               # label 0 is skewed toward s0
     with pytest.raises(D.TaskSkipped, match="qqp"):
-        D.task_data("qqp", load_profile("small"), D.settings_for(load_profile("small")))
+        D.task_data("qqp", load_profile("small"), D.settings(load_profile("small")))
 
 
 def test_chapter_pipeline_at_smoke_and_cache(shared_data, tmp_path):
     p = load_profile("smoke")
-    s = D.settings_for(p, tasks=("rte", "stsb"), kinds=("lora",), steps={"lora": 2})
+    s = D.settings(p, tasks=("rte", "stsb"), kinds=("lora",), steps={"lora": 2})
     cache = Cache(root=tmp_path, code_modules=D.CODE)
     res = D.run_chapter(p, s, cache=cache, progress=False)
     assert set(res.rows["module"]) == set(D.MODULE_ORDER)
-    assert set(res.sweep["lam"]) == set(s["lam_grid"])
+    assert set(res.sweep["lam"]) == set(s.lam_grid)
     stsb = res.rows[(res.rows["task"] == "stsb")]
     assert (stsb["metric"] == "pearson").all() and "spearman" in stsb
     # λ = 1 / 0 are the single modules: the s0 row equals the sweep at λ = 1 on the eval part.
     r = res.rows.query("task == 'rte' and kind == 'lora' and module == 's0'")["score"].item()
     sw = res.sweep.query("task == 'rte' and kind == 'lora' and lam == 1.0 and split == 'eval'")["score"].item()
     assert r == sw
-    table = D.results_table(res.rows, kinds=s["kinds"])
+    table = D.results_table(res.rows, kinds=s.kinds)
     assert list(table.columns) == ["rte (accuracy)", "stsb (pearson)", "avg"]
     assert np.allclose(table["avg"], table.iloc[:, :2].mean(axis=1), atol=0.051)
     again = D.run_chapter(p, s, cache=cache, progress=False)          # every result now a cache hit

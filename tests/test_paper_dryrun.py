@@ -140,8 +140,8 @@ def test_00_module_arithmetic(paper, launched):
 def test_01_distribution(paper, launched):
     from pemnb import distribution as D
 
-    settings = D.settings_for(paper)
-    assert settings["lam_grid"] == paper.lam_grid and settings["max_length"] == 128
+    settings = D.settings(paper)
+    assert settings.lam_grid == paper.lam_grid and settings.max_length == 128
     result = D.run_chapter(paper, settings, progress=False)
     assert set(result.task_data) | set(result.skipped) == set(CUTS["distribution"]["tasks"])
     assert set(result.rows["kind"]) == {"fft", "lora", "ia3"}
