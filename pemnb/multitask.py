@@ -234,7 +234,7 @@ class TaskData:
 
 
 def load_task(task: str, s: Settings, seed: int, *, root=None) -> TaskData:
-    """Training and evaluation rows of `task` at settings `s` (see SETTINGS).
+    """Training and evaluation rows of `task` at settings `s` (see Settings).
 
     RTE: train split → training, validation split → evaluation. MNLI: with ``mnli_train_split="train"``
     the hub's train split and validation_matched; otherwise both parts are carved out of
