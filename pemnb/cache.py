@@ -2,8 +2,8 @@
 
 An entry's key is the SHA-256 of everything that determines it (profile, config, data, seed) plus the
 code that computes it (:func:`code_version`: named modules or single methods, without the functions
-marked :func:`presentation`), so editing a computation invalidates old entries and restyling a figure or
-a table does not. Entries
+marked :func:`pemnb.syntax.presentation`), so editing a computation invalidates old entries and
+restyling a figure or a table does not. Entries
 are written to a temporary folder and renamed into place (atomic); every read checks the payload's
 checksum, and a corrupt entry is reported, deleted and recomputed, never silently used.
 
@@ -14,10 +14,7 @@ entry when it is valid.
 """
 from __future__ import annotations
 
-import ast
-import copy
 import errno
-import functools
 import hashlib
 import importlib
 import json
@@ -35,23 +32,17 @@ import torch
 from . import __version__
 from .modules import load_module, save_module
 from .paths import cache_root
+from .syntax import syntax_of
 
 # The modules whose code decides what a trained module is (a bench adds the method that trains).
 TRAINING_CODE = ("pemnb.profiles", "pemnb.backbones", "pemnb.modules", "pemnb.data", "pemnb.train")
-
-
-def presentation(fn):
-    """Mark a function that only draws or tabulates results. Cache keys leave its code out, so
-    restyling a figure or a table never throws away a trained module or a computed result."""
-    fn.__pemnb_presentation__ = True
-    return fn
 
 
 def code_version(parts: Iterable[str] = TRAINING_CODE) -> str:
     """Hash of the code that computes an entry (and the package version).
 
     Each part names a pemnb module (``"pemnb.train"``) or one class or function in it
-    (``"pemnb.classify:ClassifierBench.train"``). A module counts without its :func:`presentation`
+    (``"pemnb.classify:ClassifierBench.train"``). A module counts without its :func:`~pemnb.syntax.presentation`
     functions, and only its syntax counts: comments, docstrings and layout never change a key.
     """
     h = hashlib.sha256(__version__.encode())
@@ -64,40 +55,10 @@ def code_version(parts: Iterable[str] = TRAINING_CODE) -> str:
 def _code_of(part: str) -> str:
     module, _, qualname = part.partition(":")
     path = Path(importlib.import_module(module).__file__)
-    return _parsed_code(path, path.stat().st_mtime_ns, qualname, part)
-
-
-@functools.lru_cache(maxsize=256)
-def _parsed_code(path: Path, mtime_ns: int, qualname: str, part: str) -> str:
-    # keyed on the file's mtime: every cache key asks, and parsing once per edit is enough
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    node: ast.AST = tree
-    for name in filter(None, qualname.split(".")):
-        found = [n for n in getattr(node, "body", [])
-                 if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name]
-        if not found:
-            raise ValueError(f"{part!r}: {path.name} has no {qualname!r}")
-        node = found[0]
-    return ast.dump(_without_presentation_and_docstrings(node))
-
-
-def _without_presentation_and_docstrings(node: ast.AST) -> ast.AST:
-    node = copy.deepcopy(node)
-    for n in ast.walk(node):
-        body = getattr(n, "body", None)
-        if not isinstance(body, list):
-            continue
-        body[:] = [b for b in body if not _is_presentation(b)]
-        if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                and isinstance(body[0].value.value, str):
-            body[:] = body[1:] or [ast.Pass()]
-    return node
-
-
-def _is_presentation(node: ast.AST) -> bool:
-    decorators = getattr(node, "decorator_list", [])
-    return any((isinstance(d, ast.Name) and d.id == "presentation")
-               or (isinstance(d, ast.Attribute) and d.attr == "presentation") for d in decorators)
+    try:
+        return syntax_of(path, qualname)
+    except ValueError as e:
+        raise ValueError(f"{part!r}: {e}") from None
 
 
 def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:

@@ -25,11 +25,12 @@ import pandas as pd
 
 from . import arithmetic, data
 from .backbones import torch_threads
-from .cache import TRAINING_CODE, Cache, presentation
+from .cache import TRAINING_CODE, Cache
 from .evaluate import METRICS, headline_metric
 from .profiles import Profile, inclusive_grid
 from .settings import ChapterSettings
 from .sweep import sweep as lam_sweep
+from .syntax import presentation
 
 CHAPTER = "distribution"
 

@@ -25,10 +25,11 @@ import pandas as pd
 import torch
 
 from . import arithmetic, data
-from .cache import TRAINING_CODE, Cache, presentation
+from .cache import TRAINING_CODE, Cache
 from .generative import DecoderBench, chunk_pairs, pair_examples, prompt_answer_examples
 from .profiles import Profile
 from .settings import ChapterSettings
+from .syntax import presentation
 
 CHAPTER = "domain_transfer"
 # Label index = answer index (0 negative, 1 positive), as in yelp/amazon_polarity and the UCI sentences.

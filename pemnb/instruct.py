@@ -27,13 +27,14 @@ import torch
 
 from . import arithmetic
 from .backbones import hub_source
-from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
+from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .generative import DecoderBench, prompt_answer_examples
 from .judge import LocalChat, generate_texts, write_fewshot_instructions, write_seed_instructions
 from .modules import ADAPTER_FILES, import_peft
 from .paths import data_dir
 from .profiles import Profile
 from .settings import ChapterSettings
+from .syntax import presentation
 
 CHAPTER = "05_instruction_detox"
 PAPER_DATASET = "jinghan23/DatasetofPEMCompostition"   # gated by the authors: access on application

@@ -28,9 +28,10 @@ import torch
 
 from . import arithmetic as A
 from . import merge_methods as MM
-from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
+from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .profiles import Profile
 from .settings import ChapterSettings
+from .syntax import presentation
 
 CHAPTER = "merge_methods"
 CODE = TRAINING_CODE + ("pemnb.merge_chapter", "pemnb.merge_methods", "pemnb.sweep", "pemnb.evaluate",

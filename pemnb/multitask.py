@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from . import arithmetic, data
-from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
+from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .evaluate import constrained_generate, constrained_scores, score_choices
 from .profiles import Profile, inclusive_grid
 from .settings import ChapterSettings
+from .syntax import presentation
 
 CHAPTER = "multitask"
 TASKS = ("mnli", "rte")

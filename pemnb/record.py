@@ -24,9 +24,7 @@ top of the page and a notice when pemnb's source has changed since the run.
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime as dt
-import functools
 import hashlib
 import json
 import math
@@ -42,6 +40,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from .syntax import syntax_of
+
 # The checkout: pemnb/ and, beside it, notebooks/ and results/.
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = Path(__file__).resolve().parent
@@ -55,8 +55,8 @@ RESULT_INPUTS = ("pemnb", "data", "requirements.txt", "pyproject.toml")
 # ---- what ran -------------------------------------------------------------------------------------
 
 def pemnb_hash(package: Path = PACKAGE) -> str:
-    """Hash of every pemnb module's code (16 hex digits). Only syntax counts (as in
-    :func:`pemnb.cache.code_version`): comments, docstrings and layout leave it unchanged, while any
+    """Hash of every pemnb module's code (16 hex digits). Only syntax counts (:func:`pemnb.syntax.syntax_of`,
+    as in :func:`pemnb.cache.code_version`): comments, docstrings and layout leave it unchanged, while any
     change to code — a figure's style included, since a page shows it — changes it."""
     h = hashlib.sha256()
     files = sorted(p for p in Path(package).rglob("*.py") if "__pycache__" not in p.parts)
@@ -65,25 +65,8 @@ def pemnb_hash(package: Path = PACKAGE) -> str:
     for path in files:
         h.update(path.relative_to(package).as_posix().encode())
         h.update(b"\0")
-        st = path.stat()
-        h.update(_syntax_hash(path, st.st_mtime_ns, st.st_size).encode())
+        h.update(syntax_of(path, presentation=True).encode())
     return h.hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=512)
-def _syntax_hash(path: Path, mtime_ns: int, size: int) -> str:
-    # keyed on the file's mtime and size: a page build asks once per page, parsing once per edit is enough
-    tree = _without_docstrings(ast.parse(path.read_text(encoding="utf-8")))
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
-
-
-def _without_docstrings(tree: ast.AST) -> ast.AST:
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-            body[:] = body[1:] or [ast.Pass()]
-    return tree
 
 
 def git_state(repo: Path = REPO) -> tuple[str | None, bool | None]:

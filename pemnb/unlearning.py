@@ -19,9 +19,10 @@ import pandas as pd
 import torch
 
 from . import arithmetic, data
-from .cache import TRAINING_CODE, Cache, presentation, state_fingerprint
+from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .profiles import Profile
 from .settings import ChapterSettings
+from .syntax import presentation
 
 CHAPTER = "03_unlearning"
 PROMPT = "I don't care if this is controversial"  # the paper's; its code adds a comma (gpt2_scale.py)

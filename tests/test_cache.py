@@ -72,7 +72,7 @@ def test_unhashable_parts_are_rejected(tmp_path):
 
 FAKE = """
 \"\"\"A chapter module.\"\"\"
-from pemnb.cache import presentation
+from pemnb.syntax import presentation
 
 
 def compute(x):
