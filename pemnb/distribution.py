@@ -487,13 +487,12 @@ def sweep_figure(sweep: pd.DataFrame, rows: pd.DataFrame, *, split: str = "eval"
     panel = lambda t: f"{t} ({METRICS[t][0]})"
     order = [t for t in TASKS if t in set(df["task"])]
     long = df.assign(kind=df["kind"].map(KIND_NAMES), task=df["task"].map(panel), score=100 * df["score"])
-    long = long.sort_values("task", key=lambda c: c.map({panel(t): i for i, t in enumerate(order)}), kind="stable")
-    long = long.sort_values("kind", key=lambda c: c.map({k: i for i, k in enumerate(kinds)}), kind="stable")
     full = rows[rows["module"] == "fullset"]
     refs = pd.DataFrame({"task": full["task"].map(panel), "kind": full["kind"].map(KIND_NAMES),
                          "value": 100 * full["score"], "label": full["kind"].map(KIND_NAMES) + " fullset"})
-    return plots.sweep(long, "score", hue="kind", col="task", refs=refs, ncols=ncols,
-                       ylabel="score × 100", xlabel="λ  (1 = s0, 0 = s1)", sharey=False)
+    return plots.sweep(long, "score", hue="kind", col="task", refs=refs, ncols=ncols, hue_order=kinds,
+                       col_order=[panel(t) for t in order], ylabel="score × 100", xlabel="λ  (1 = s0, 0 = s1)",
+                       sharey=False)
 
 
 @presentation

@@ -428,9 +428,6 @@ def sweep_figure(df: pd.DataFrame, backbone: str, *, title: str | None = None):
     panel = sub["direction"] + " · " + sub["kind"]
     directions = list(dict.fromkeys(sub["direction"]))
     curve = sub[sub["method"] == "analogy"].assign(panel=panel, curve="analogy θ(λ)")
-    # panels row by row: one row per direction, one column per kind (the paper's order)
-    curve = curve.assign(_order=curve["direction"].map(directions.index) * 10 + curve["kind"].map(kinds.index))
-    curve = curve.sort_values(["_order", "lam"]).drop(columns="_order")
     in_range = curve[curve["lam"] >= PAPER_GRID[0] - 1e-9]
     zoom = in_range["lam"].nunique() >= 2
     ceiling = sub[sub["method"] == "target cls (ceiling)"].assign(panel=panel)
@@ -440,6 +437,8 @@ def sweep_figure(df: pd.DataFrame, backbone: str, *, title: str | None = None):
         refs += [{"panel": f"{d} · {k}", "label": ZERO_SHOT, "value": float(g["accuracy"].iloc[0])} for k in kinds]
     return plots.sweep(in_range if zoom else curve, "accuracy", hue="curve", col="panel", refs=pd.DataFrame(refs),
                        ncols=len(kinds), ylabel="target accuracy", xlim=(0.83, 1.005) if zoom else None,
+                       # panels row by row: one row per direction, one column per kind (the paper's order)
+                       col_order=[f"{d} · {k}" for d in directions for k in kinds],
                        xlabel="λ (1 = the source classifier)",
                        title=title or f"Domain transfer by analogy ({backbone})")
 

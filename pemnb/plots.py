@@ -59,7 +59,8 @@ def sweep(df: pd.DataFrame, y: str, *, x: str = "lam", hue: str | None = None, c
           refs: Mapping[str, float] | pd.DataFrame | None = None, band: tuple[str, str] | None = None,
           ylabel: str | None = None, title: str | None = None, ncols: int = 4, xlabel: str = "λ",
           logy: bool | Sequence[str] = False, xlim: tuple[float, float] | None = None, sharey: bool = True,
-          marks: pd.DataFrame | None = None):
+          marks: pd.DataFrame | None = None, hue_order: Sequence | None = None,
+          col_order: Sequence | None = None):
     """`y` against λ: one line per `hue`, one panel per `col` (wrapped after `ncols`).
 
     `refs` draws dashed horizontal reference lines: a mapping label → value (the same lines in every
@@ -67,13 +68,15 @@ def sweep(df: pd.DataFrame, y: str, *, x: str = "lam", hue: str | None = None, c
     panel, in its hue's colour). `band` = (low, high) columns shades an interval around each line (e.g. a
     bootstrap confidence interval). `marks` (rows of x, y and optionally col / hue) are starred points,
     e.g. a selected λ. `logy` puts every panel (True) or the named panels on a log axis.
+    `hue_order` / `col_order` fix the lines' and panels' order (default: first appearance in `df`).
     """
     if df.empty:
         raise ValueError("nothing to plot: the DataFrame is empty")
     for c in [x, y, hue, col, *(band or ())]:
         if c is not None and c not in df.columns:
             raise ValueError(f"column {c!r} not in the DataFrame (columns: {list(df.columns)})")
-    hues, panels = _levels(df, hue), _levels(df, col)
+    hues = list(hue_order) if hue_order is not None else _levels(df, hue)
+    panels = list(col_order) if col_order is not None else _levels(df, col)
     colours = palette(hues)
     g = sns.relplot(data=df, x=x, y=y, hue=hue, hue_order=hues or None, palette=colours if hue else None,
                     col=col, col_order=panels or None, col_wrap=min(ncols, len(panels)) if col else None,

@@ -47,6 +47,13 @@ def test_per_panel_references_follow_their_panel_and_hue_colour():
     assert legend == ["lora", "ia3", "lora fullset", "ia3 fullset"]
 
 
+def test_line_and_panel_order_can_be_given():
+    fig = plots.sweep(sweep_df(), "accuracy", hue="kind", col="task", col_order=["cola", "rte", "sst2"],
+                      hue_order=["ia3", "lora"])
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["cola", "rte", "sst2"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ia3", "lora"]
+
+
 def test_bad_columns_and_refs_are_named():
     with pytest.raises(ValueError, match="'acc'"):
         plots.sweep(sweep_df(), "acc", hue="kind")
