@@ -37,7 +37,7 @@ def run(kinds: tuple[str, ...] = ("lora", "ia3", "fft"), grid_step: float = 0.02
         bench, modules = D.train_modules(profile, td, kind, settings, progress=False)
         batches = bench.batches(td.select)
         evaluate = functools.partial(classify, batches=batches, task=td.name)
-        compose = functools.partial(_merge, modules["s0"], modules["s1"], kind=kind)
+        compose = functools.partial(arithmetic.merge, modules["s0"], modules["s1"], kind=kind)
         t0 = time.perf_counter()
         score = SW.in_place(bench.model, evaluate)
         full = SW.sweep(compose, grid, score, progress=False)
@@ -59,10 +59,6 @@ def run(kinds: tuple[str, ...] = ("lora", "ia3", "fft"), grid_step: float = 0.02
                       "curve": curve, "replay": replay}
     return {"backbone": profile.encoder, "task": TASK, "metric": metric, "select_rows": len(td.select),
             "grid_step": grid_step, "rows": rows}
-
-
-def _merge(theta0, theta1, lam, *, kind):
-    return arithmetic.merge(theta0, theta1, lam, kind)
 
 
 if __name__ == "__main__":

@@ -360,7 +360,7 @@ def run_task_kind(profile: Profile, td: TaskData, kind: str, settings: Settings,
         t0 = time.perf_counter()
         bench, modules = train_modules(profile, td, kind, settings, cache=cache, progress=progress)
         sets = {"select": bench.batches(td.select), "eval": bench.batches(td.evalset)}
-        merge = functools.partial(_merge_pair, modules["s0"], modules["s1"], kind)
+        merge = functools.partial(arithmetic.merge, modules["s0"], modules["s1"], kind=kind)  # merge(λ)
         sweep = [row for split, b in sets.items()
                  for row in lam_sweep(merge, grid, bench.scorer(b), progress=False, split=split)]
         # λ = 1 is s0 and λ = 0 is s1 exactly, so only the fullset needs its own evaluation.
@@ -417,10 +417,6 @@ def run_chapter(profile: Profile, settings: Settings | None = None, *, cache: Ca
     cache = cache if cache is not None else Cache(code_modules=CODE)
     with torch_threads(1 if profile.encoder.startswith("smoke") else None):
         return _run_chapter(profile, settings, cache, progress)
-
-
-def _merge_pair(theta0, theta1, kind: str, lam: float):
-    return arithmetic.merge(theta0, theta1, lam, kind)
 
 
 def _run_chapter(profile: Profile, settings: Settings, cache: Cache, progress: bool) -> "ChapterResult":
