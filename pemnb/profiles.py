@@ -23,8 +23,22 @@ def inclusive_grid(start: float, stop: float, step: float) -> tuple[float, ...]:
     return tuple(round(start + i * step, 6) for i in range(n + 1))
 
 
-def _frozen(d: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType({k: (_frozen(v) if isinstance(v, Mapping) else v) for k, v in d.items()})
+def frozen(value: Any) -> Any:
+    """A read-only deep copy: mappings become read-only mappings, lists and tuples tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(frozen(v) for v in value)
+    return value
+
+
+def plain(value: Any) -> Any:
+    """The JSON-serialisable view of a :func:`frozen` value: dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -61,8 +75,8 @@ class Profile:
     chapters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
-        object.__setattr__(self, "lr", _frozen(self.lr))
-        object.__setattr__(self, "chapters", _frozen(self.chapters))
+        object.__setattr__(self, "lr", frozen(self.lr))
+        object.__setattr__(self, "chapters", frozen(self.chapters))
 
     def chapter(self, name: str) -> Mapping[str, Any]:
         """Settings of one chapter (empty mapping when the profile sets none)."""
@@ -70,12 +84,6 @@ class Profile:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable view (used in cache keys and provenance)."""
-        def plain(v):
-            if isinstance(v, Mapping):
-                return {k: plain(x) for k, x in v.items()}
-            if isinstance(v, tuple):
-                return [plain(x) for x in v]
-            return v
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def describe(self) -> str:

@@ -22,28 +22,9 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 
-from .profiles import Profile
-
-
-def _frozen(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return tuple(_frozen(v) for v in value)
-    if isinstance(value, tuple):
-        return tuple(_frozen(v) for v in value)
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
+from .profiles import Profile, frozen, plain
 
 
 def _shown(value: Any) -> Any:
@@ -93,7 +74,7 @@ class ChapterSettings:
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            value = _frozen(getattr(self, f.name))
+            value = frozen(getattr(self, f.name))
             if hints.get(f.name) is float and isinstance(value, int):
                 value = float(value)
             if not _conforms(value, hints.get(f.name, Any)):
@@ -131,7 +112,7 @@ class ChapterSettings:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable values (cache keys, provenance)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def describe(self) -> str:
         """One line per setting, as a page prints them at its top."""
