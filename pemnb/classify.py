@@ -7,15 +7,13 @@ one forward pass over the evaluation set per λ.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 from typing import Callable, Mapping
 
 import torch
 
 from . import arithmetic, data, precision
 from .backbones import frozen_dtype, get_backbone, load_backbone
-from .cache import TRAINING_CODE, Cache, code_version, state_fingerprint
+from .cache import TRAINING_CODE, Cache, code_version, fingerprint, state_fingerprint
 from .evaluate import EvalBatches, classify
 from .modules import attach, read_state, write_state, lora_scaling
 from .profiles import Profile
@@ -35,14 +33,6 @@ def is_main_process() -> bool:
     from accelerate import PartialState
 
     return PartialState().is_main_process
-
-
-def fingerprint(ds) -> str:
-    """SHA-256 of a dataset's rows (what a module was trained on), for cache keys."""
-    h = hashlib.sha256()
-    for row in ds:
-        h.update(json.dumps(row, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:20]
 
 
 TRAIN_METHOD = "pemnb.classify:ClassifierBench.train"  # training code outside TRAINING_CODE's modules
@@ -125,11 +115,13 @@ class ClassifierBench(WritesInPlace):
 
     # ------------------------------------------------------------------------------------ evaluate
     def evaluate(self, state: Mapping[str, torch.Tensor], batches: EvalBatches) -> dict[str, float]:
-        """GLUE metrics of the model carrying module `state` (cached when `batches` came from
-        :meth:`batches`; batches built elsewhere are always evaluated)."""
-        def compute() -> dict[str, float]:
+        """GLUE metrics of the model carrying module `state`, and the per-row ``predictions`` they come
+        from (for bootstrap intervals; labels are ``batches.labels``). Cached when `batches` came from
+        :meth:`batches`; batches built elsewhere are always evaluated."""
+        def compute() -> dict:
             self.use(state)
-            return {k: float(v) for k, v in classify(self.model, batches, self.task).items()}
+            out = classify(self.model, batches, self.task, with_predictions=True)
+            return {k: (v if k == "predictions" else float(v)) for k, v in out.items()}
 
         data_key = getattr(batches, "cache_key", None)
         if data_key is None:

@@ -91,11 +91,16 @@ class EvalBatches:
         return np.stack(out)
 
 
-def classify(model, batches: EvalBatches, task: str) -> dict[str, float]:
-    """GLUE metrics of a sequence classifier on prepared batches."""
+def classify(model, batches: EvalBatches, task: str, *, with_predictions: bool = False) -> dict:
+    """GLUE metrics of a sequence classifier on prepared batches; with `with_predictions`, also the
+    per-row predictions they come from (key ``predictions``, in the rows' order: class indices, or
+    scores for a regression task), so bootstrap intervals need no further forward pass."""
     logits = batches.logits(model)
     preds = logits[:, 0] if logits.shape[1] == 1 else logits.argmax(-1)
-    return glue_metrics(task, preds, batches.labels)
+    metrics = glue_metrics(task, preds, batches.labels)
+    if with_predictions:
+        metrics["predictions"] = [float(x) for x in preds] if logits.shape[1] == 1 else [int(x) for x in preds]
+    return metrics
 
 
 # ----------------------------------------------------------------------------- answer-word scoring

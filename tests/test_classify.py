@@ -4,7 +4,8 @@ import torch
 from pemnb import arithmetic as A
 from pemnb import data
 from pemnb.cache import Cache
-from pemnb.classify import ClassifierBench, fingerprint
+from pemnb.cache import fingerprint
+from pemnb.classify import ClassifierBench
 from pemnb.profiles import load_profile
 from pemnb.sweep import sweep
 
@@ -27,6 +28,22 @@ def test_bench_trains_once_evaluates_in_place_and_sweeps(shared_data, tmp_path):
     assert [r["module"] for r in many] == ["a", "b"] and many[0]["accuracy"] == m1["accuracy"]
 
 
+def test_evaluation_keeps_the_per_row_predictions_its_metrics_come_from(shared_data, tmp_path):
+    from pemnb import stats
+    from pemnb.evaluate import glue_metrics
+
+    profile = load_profile("smoke", eval_size=24)
+    ev = data.subsample(data.load("glue/sst2", "validation"), 24, seed=1)
+    bench = ClassifierBench(profile, "glue/sst2", "lora", cache=Cache(tmp_path), progress=False)
+    batches = bench.batches(ev)
+    out = bench.evaluate(A.negate(bench.identity(), "lora", 0.3), batches)
+    assert len(out["predictions"]) == len(ev) and set(out["predictions"]) <= {0, 1}
+    assert glue_metrics("glue/sst2", out["predictions"], batches.labels)["accuracy"] == out["accuracy"]
+    assert bench.evaluate(A.negate(bench.identity(), "lora", 0.3), batches)["predictions"] == out["predictions"]  # cached too
+    ci = stats.bootstrap_ci(out["predictions"], batches.labels, statistic=stats.metric("accuracy"), n_boot=200)
+    assert ci.low <= out["accuracy"] <= ci.high
+
+
 def test_fingerprint_tracks_the_rows(shared_data):
     ds = data.load("glue/rte", "validation")
     assert fingerprint(ds.select(range(5))) == fingerprint(ds.select(range(5)))
@@ -44,7 +61,7 @@ def test_evaluations_are_cached_by_state_and_data(shared_data, tmp_path, monkeyp
     first = bench.evaluate(theta, batches)
     calls = []
     real = C.classify
-    monkeypatch.setattr(C, "classify", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(C, "classify", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert bench.evaluate(theta, batches) == first and calls == []               # same state, same rows: a hit
     bench.evaluate(A.negate(theta, "lora", 0.5), batches)                          # another state: computed
     bench.evaluate(theta, bench.batches(ev.select(range(8))))                      # other rows: computed
