@@ -61,6 +61,31 @@ def _code_of(part: str) -> str:
         raise ValueError(f"{part!r}: {e}") from None
 
 
+def fingerprint(rows: Iterable[Any]) -> str:
+    """SHA-256 (first 20 hex digits) of `rows`, for the keys of what was computed from them.
+
+    Each row (a dataset's dict, a tokenised example, a string, any JSON value) is hashed, in order, as
+    ``json.dumps(row, sort_keys=True)``; what JSON cannot write goes in as its values (an array, a
+    tensor) or its ``str``. A `datasets.Dataset` iterates its rows. The one fingerprint of rows in pemnb:
+    every cache key that names data uses it, so a module trained on the same rows keeps its key.
+    A single value is fingerprinted as ``fingerprint([value])``.
+    """
+    if isinstance(rows, (str, bytes, Mapping)):  # would hash characters or keys, not rows
+        raise TypeError(f"fingerprint takes a sequence of rows, got a {type(rows).__name__}; "
+                        "wrap a single value in a list")
+    h = hashlib.sha256()
+    for row in rows:
+        row = dict(row) if isinstance(row, Mapping) and not isinstance(row, dict) else row
+        h.update(json.dumps(row, sort_keys=True, default=_plain).encode())
+    return h.hexdigest()[:20]
+
+
+def _plain(value: Any) -> Any:
+    """A JSON stand-in for a value json cannot write: an array's or tensor's values (its str elides
+    them), else its str."""
+    return value.tolist() if getattr(value, "ndim", 0) >= 1 and hasattr(value, "tolist") else str(value)
+
+
 def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 of a module state's names and values (float32 bytes), for keys of results computed
     from that state (an evaluation, a set of samples)."""

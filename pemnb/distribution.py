@@ -345,7 +345,7 @@ def run_task_kind(profile: Profile, td: TaskData, kind: str, settings: Settings,
     Returns {"sweep": rows (lam, split ∈ {select, eval}, metrics…), "single": rows (module, metrics… on
     eval), "lam_selected", "lam_tuned_on_eval", "seconds"}.
     """
-    from .classify import fingerprint
+    from .cache import fingerprint
 
     p = chapter_profile(profile, settings)
     cache = cache if cache is not None else Cache(code_modules=CODE)

@@ -3,8 +3,6 @@ holds one generative backbone with one module attached (train cached, then score
 sampling — every state written into the live model in place)."""
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -12,7 +10,7 @@ import torch
 
 from . import arithmetic
 from .backbones import frozen_dtype, get_backbone, load_backbone
-from .cache import Cache, code_version
+from .cache import Cache, code_version, fingerprint
 from .classify import is_main_process, use_one_thread_for_tiny_models
 from .evaluate import constrained_scores, perplexity, sample
 from .modules import attach, lora_scaling, read_state, write_state
@@ -88,14 +86,6 @@ def pair_examples(pairs: Sequence[tuple[list[int], list[int]]], encoder_decoder:
     return out
 
 
-def fingerprint_examples(examples: Sequence[Mapping]) -> str:
-    """SHA-256 of tokenised examples (what a module was trained on), for cache keys."""
-    h = hashlib.sha256()
-    for e in examples:
-        h.update(json.dumps({k: e[k] for k in sorted(e)}, default=str).encode())
-    return h.hexdigest()[:20]
-
-
 TRAIN_METHOD = "pemnb.generative:DecoderBench.train"  # training code outside TRAINING_CODE's modules
 
 
@@ -140,8 +130,8 @@ class DecoderBench(WritesInPlace):
         batch_size, seed = batch_size or p.batch_size, p.seed if seed is None else seed
         parts = {"what": "decoder-module", "backbone": self.backbone, "kind": self.kind, "tag": tag,
                  "r": self.r, "alpha": self.alpha, "init_seed": p.seed, "seed": seed, "steps": steps, "lr": lr,
-                 "batch_size": batch_size, "data": fingerprint_examples(examples), "n": len(examples),
-                 "start": fingerprint_examples([{k: v.tolist() for k, v in sorted(start.items())}]) if start else None,
+                 "batch_size": batch_size, "data": fingerprint(examples), "n": len(examples),
+                 "start": fingerprint([{k: v.tolist() for k, v in sorted(start.items())}]) if start else None,
                  "code": code_version((TRAIN_METHOD,)),  # the method that calls the loop (the cache adds the loop)
                  **(extra_key or {})}
         if weight_decay:  # only in the key when used, so earlier modules stay valid

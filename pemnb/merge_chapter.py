@@ -210,7 +210,7 @@ def distribution_scenarios(profile: Profile, settings: Settings, *, progress: bo
     profile (a cache hit when chapter 01 ran first); scored on chapter 01's evaluation part.
     """
     from . import distribution as D
-    from .classify import fingerprint
+    from .cache import fingerprint
     from .evaluate import headline_metric
 
     ds = D.settings(profile)

@@ -14,7 +14,6 @@ two agree.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from . import arithmetic, data
-from .cache import TRAINING_CODE, Cache, state_fingerprint
+from .cache import TRAINING_CODE, Cache, fingerprint, state_fingerprint
 from .evaluate import constrained_generate, constrained_scores, score_choices
 from .profiles import Profile, inclusive_grid
 from .settings import ChapterSettings
@@ -289,9 +288,7 @@ class EvalSet:
         self.task, self.fmt = task, fmt
         self.prompts, self.labels = prompts_and_labels(task, ds, fmt, tokenizer)
         self.choices = fmt.choices(task)
-        h = hashlib.sha256("\x1e".join(self.prompts + self.choices).encode())
-        h.update(self.labels.tobytes())
-        self.fingerprint = h.hexdigest()[:20]
+        self.fingerprint = fingerprint([self.prompts, self.choices, self.labels.tolist()])
 
     def __len__(self) -> int:
         return len(self.prompts)

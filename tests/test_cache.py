@@ -137,3 +137,38 @@ def test_trained_modules_key_on_the_method_that_trains_them():
                                     ("pemnb.unlearning", "sweep_figure", "measure")]:
         code = cache_mod._code_of(module)
         assert f"name='{computed}'" in code and f"name='{drawn}'" not in code
+
+
+def test_fingerprint_of_rows_is_the_one_cached_modules_were_keyed_by():
+    import hashlib
+    import json
+
+    from pemnb.cache import fingerprint
+
+    rows = [{"sentence": "a b", "label": 1, "idx": 0}, {"label": 0, "sentence": "c", "idx": 1}]
+    h = hashlib.sha256()
+    for row in rows:  # the definition classify.fingerprint keyed every cached classifier module by
+        h.update(json.dumps(row, sort_keys=True, default=str).encode())
+    assert fingerprint(rows) == h.hexdigest()[:20]
+    assert fingerprint(rows) != fingerprint(rows[::-1])            # order is part of the data
+    assert fingerprint(rows) != fingerprint([{**rows[0], "label": 0}, rows[1]])
+    # a single value: fingerprint([value]) is the sha of its JSON (instruct's keys of prompt lists)
+    value = ["x", "y"]
+    assert fingerprint([value]) == hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:20]
+    # a tensor goes in by its values, which str() would elide past 1000 of them
+    a, b = torch.zeros(2000), torch.zeros(2000)
+    b[1000] = 1.0
+    assert fingerprint([{"x": a}]) != fingerprint([{"x": b}])
+    with pytest.raises(TypeError, match="sequence of rows"):
+        fingerprint("abc")
+    with pytest.raises(TypeError, match="sequence of rows"):
+        fingerprint({"a": 1})
+
+
+def test_fingerprint_of_a_dataset_is_that_of_its_rows():
+    from datasets import Dataset
+
+    from pemnb.cache import fingerprint
+
+    rows = [{"premise": "p", "hypothesis": "h", "label": 2}, {"premise": "q", "hypothesis": "i", "label": 0}]
+    assert fingerprint(Dataset.from_list(rows)) == fingerprint(rows)

@@ -5,8 +5,8 @@ import torch
 
 from pemnb import arithmetic as A
 from pemnb.backbones import smoke_tokenizer
-from pemnb.cache import Cache
-from pemnb.generative import (DecoderBench, chunk_pairs, fingerprint_examples, lm_examples, pair_examples,
+from pemnb.cache import Cache, fingerprint
+from pemnb.generative import (DecoderBench, chunk_pairs, lm_examples, pair_examples,
                               prompt_answer_examples)
 from pemnb.profiles import load_profile
 
@@ -47,8 +47,8 @@ def test_lm_examples_and_fingerprints():
     tok = smoke_tokenizer()
     ex = lm_examples(tok, ["hello there", "", "general kenobi"], max_length=8)
     assert len(ex) == 2 and ex[0]["labels"] == ex[0]["input_ids"]
-    assert fingerprint_examples(ex) == fingerprint_examples([dict(e) for e in ex])
-    assert fingerprint_examples(ex) != fingerprint_examples(ex[:1])
+    assert fingerprint(ex) == fingerprint([dict(e) for e in ex])
+    assert fingerprint(ex) != fingerprint(ex[:1])
 
 
 @pytest.mark.parametrize("backbone", ["smoke-llama", "smoke-t5"])
