@@ -473,7 +473,8 @@ def gains(rows: pd.DataFrame, merged: str = "merged, λ selected") -> pd.DataFra
 @presentation
 def sweep_figure(sweep: pd.DataFrame, rows: pd.DataFrame, *, split: str = "eval", ncols: int = 3):
     """The paper's Figure 5: per task, the merged module's score against λ for each kind (solid), with
-    the fullset module of the same kind as a dashed line. λ = 1 is s0 and λ = 0 is s1."""
+    the fullset module of the same kind as a dashed line. λ = 1 is s0 and λ = 0 is s1. When `sweep`
+    carries `score_low` / `score_high` (:func:`sweep_intervals`), each line wears its 95% band."""
     from . import plots
 
     df = sweep[sweep["split"] == split]
@@ -483,10 +484,13 @@ def sweep_figure(sweep: pd.DataFrame, rows: pd.DataFrame, *, split: str = "eval"
     panel = lambda t: f"{t} ({METRICS[t][0]})"
     order = [t for t in TASKS if t in set(df["task"])]
     long = df.assign(kind=df["kind"].map(KIND_NAMES), task=df["task"].map(panel), score=100 * df["score"])
+    band = ("score_low", "score_high") if {"score_low", "score_high"} <= set(df.columns) else None
+    if band:
+        long = long.assign(score_low=100 * df["score_low"], score_high=100 * df["score_high"])
     full = rows[rows["module"] == "fullset"]
     refs = pd.DataFrame({"task": full["task"].map(panel), "kind": full["kind"].map(KIND_NAMES),
                          "value": 100 * full["score"], "label": full["kind"].map(KIND_NAMES) + " fullset"})
-    return plots.sweep(long, "score", hue="kind", col="task", refs=refs, ncols=ncols, hue_order=kinds,
+    return plots.sweep(long, "score", hue="kind", col="task", refs=refs, band=band, ncols=ncols, hue_order=kinds,
                        col_order=[panel(t) for t in order], ylabel="score × 100", xlabel="λ  (1 = s0, 0 = s1)",
                        sharey=False)
 
@@ -497,3 +501,153 @@ def merge_effects(rows: pd.DataFrame, merged: str = "merged, λ selected") -> pd
     sorted from where merging helps most to where it helps least."""
     g = gains(rows, merged).groupby(level="task").mean()
     return g.sort_values("merged − best single", ascending=False)
+
+
+# ------------------------------------------------------------------------------------ uncertainty
+# Every interval resamples the evaluation rows' cached per-row predictions: no further forward pass.
+N_BOOT = 1000
+
+
+def eval_labels(td: TaskData) -> np.ndarray:
+    """The labels of a task's evaluation rows, in the order its predictions are kept."""
+    return np.asarray(td.evalset["label"], dtype=float if td.task == "stsb" else int)
+
+
+def reference_score(task: str, labels: np.ndarray) -> tuple[float, str]:
+    """(value, name) of what a module that learned nothing scores: the majority-class rate for accuracy,
+    and 0 for MCC (a constant classifier's) and Pearson (no correlation)."""
+    metric = headline_metric(task)
+    if metric == "accuracy":
+        return float(np.bincount(labels.astype(int)).max() / len(labels)), "majority-class rate"
+    return 0.0, f"{metric} of 0"
+
+
+def sweep_intervals(result: ChapterResult) -> pd.DataFrame:
+    """The evaluation sweep with a bootstrap interval on every point (`score_low`, `score_high`)."""
+    from . import stats
+
+    ev = result.sweep[result.sweep["split"] == "eval"]
+    frames = []
+    for (task, kind), g in ev.groupby(["task", "kind"], sort=False):
+        metric = headline_metric(task)
+        frames.append(stats.interval_columns(g.to_dict("records"), eval_labels(result.task_data[task]),
+                                             statistic=stats.metric(metric), n_boot=N_BOOT))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _module_predictions(result: ChapterResult, task: str, kind: str) -> dict[str, np.ndarray]:
+    sub = result.rows[(result.rows["task"] == task) & (result.rows["kind"] == kind)]
+    return {r["module"]: np.asarray(r["predictions"]) for _, r in sub.iterrows()}
+
+
+def learned(result: ChapterResult) -> pd.DataFrame:
+    """Did each fullset module learn its task? Its score with a bootstrap interval and standard error,
+    against what a module that learned nothing scores (:func:`reference_score`); `learned` is the
+    chapter's target: more than two standard errors above that reference (:func:`pemnb.stats.beats`)."""
+    from . import stats
+
+    rows = []
+    for task, td in result.task_data.items():
+        labels = eval_labels(td)
+        ref, ref_name = reference_score(task, labels)
+        metric = headline_metric(task)
+        for kind in result.rows.loc[result.rows["task"] == task, "kind"].unique():
+            pred = _module_predictions(result, task, kind)["fullset"]
+            ci = stats.bootstrap_ci(pred, labels, statistic=stats.metric(metric), n_boot=N_BOOT)
+            rows.append({"task": task, "kind": kind, "metric": metric, "fullset": ci.estimate, "low": ci.low,
+                         "high": ci.high, "se": ci.se, "reference": ref, "reference is": ref_name,
+                         "learned": stats.beats(ci, ref, 2.0)})
+    return pd.DataFrame(rows)
+
+
+def gain_intervals(result: ChapterResult, merged: str = "merged, λ selected") -> pd.DataFrame:
+    """Per task × kind: the merge minus the better single module and minus the fullset module, each with
+    a paired bootstrap interval over the evaluation rows and whether it excludes 0 (`real`)."""
+    from . import stats
+
+    rows = []
+    for task, td in result.task_data.items():
+        labels, metric = eval_labels(td), headline_metric(task)
+        statistic = stats.metric(metric)
+        for kind in result.rows.loc[result.rows["task"] == task, "kind"].unique():
+            pred = _module_predictions(result, task, kind)
+            single = max(("s0", "s1"), key=lambda m: statistic(pred[m], labels))
+            row = {"task": task, "kind": kind, "better single": single}
+            for name, other in (("merged − best single", single), ("merged − fullset", "fullset")):
+                ci = stats.paired_diff_ci(pred[merged], pred[other], labels, statistic=statistic, n_boot=N_BOOT)
+                row.update({name: ci.estimate, f"{name} low": ci.low, f"{name} high": ci.high,
+                            f"{name} real": stats.is_real(ci)})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@presentation
+def learned_table(learned_rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows task, columns kind: the fullset score ×100 with its 95% interval, ✓ where it learned."""
+    df = learned_rows.copy()
+    df["cell"] = [f"{100 * r.fullset:.1f} [{100 * r.low:.1f}, {100 * r.high:.1f}]" + (" ✓" if r.learned else "")
+                  for r in df.itertuples()]
+    df["kind"] = df["kind"].map(KIND_NAMES)
+    table = df.pivot(index="task", columns="kind", values="cell")
+    table = table[[KIND_NAMES[k] for k in KIND_ORDER if KIND_NAMES[k] in table.columns]]
+    refs = df.drop_duplicates("task").set_index("task")
+    table.insert(0, "learned nothing scores", [f"{100 * refs.loc[t, 'reference']:.1f} ({refs.loc[t, 'reference is']})"
+                                               for t in table.index])
+    return table.loc[[t for t in TASKS if t in table.index]]
+
+
+@presentation
+def gains_table(gain_rows: pd.DataFrame) -> pd.DataFrame:
+    """The two gains ×100 with their 95% paired intervals; * marks an interval that excludes 0."""
+    out = {}
+    for name in ("merged − best single", "merged − fullset"):
+        out[name] = [f"{100 * r[name]:+.1f} [{100 * r[name + ' low']:+.1f}, {100 * r[name + ' high']:+.1f}]"
+                     + (" *" if r[name + " real"] else "") for _, r in gain_rows.iterrows()]
+    idx = pd.MultiIndex.from_arrays([gain_rows["task"], gain_rows["kind"].map(KIND_NAMES)], names=["task", "kind"])
+    return pd.DataFrame(out, index=idx)
+
+
+def facts(result: ChapterResult, settings: Settings) -> dict[str, Any]:
+    """Every number and phrase the chapter's prose quotes, computed from its results."""
+    from . import wording
+
+    table = results_table(result.rows, kinds=settings.kinds)
+    avg = table["avg"].unstack("module")
+    gains_ci = gain_intervals(result)
+    learn = learned(result)
+    effects = merge_effects(result.rows)
+    n = len(result.task_data)
+    out: dict[str, Any] = {"n_tasks": str(n)}
+    for kind in settings.kinds:
+        name = KIND_NAMES[kind]
+        for key, module in (("merged", "merged, λ selected"), ("half", "merged λ=0.5"), ("s0", "s0"),
+                            ("s1", "s1"), ("full", "fullset"), ("paper", "merged, λ tuned on eval (paper)")):
+            out[f"{kind}_avg_{key}"] = float(avg.loc[name, module])
+        g = gains_ci[gains_ci["kind"] == kind]
+        wins = int((g["merged − best single"] > 0).sum())
+        real_wins = int(((g["merged − best single"] > 0) & g["merged − best single real"]).sum())
+        real_losses = int(((g["merged − best single"] < 0) & g["merged − best single real"]).sum())
+        out[f"{kind}_wins"] = f"{wins} of {len(g)}"
+        out[f"{kind}_real_wins"] = wording.count_phrase(real_wins, len(g), "task")
+        out[f"{kind}_real_losses"] = wording.count_phrase(real_losses, len(g), "task")
+        lk = learn[learn["kind"] == kind]
+        out[f"{kind}_learned"] = wording.count_phrase(int(lk["learned"].sum()), len(lk), "task")
+    every_kind = learn.groupby("task")["learned"].all()
+    out["tasks_learned_by_every_kind"] = int(every_kind.sum())
+    out["learned_by_every_kind"] = wording.count_phrase(int(every_kind.sum()), len(every_kind), "task")
+    out["learned_task_list"] = ", ".join(t for t in TASKS if t in every_kind.index and every_kind[t]) or "none"
+    out["not_learned_task_list"] = ", ".join(t for t in TASKS if t in every_kind.index and not every_kind[t]) or "none"
+    out["best_task"], out["best_gain"] = str(effects.index[0]), float(100 * effects.iloc[0, 0])
+    out["worst_task"], out["worst_gain"] = str(effects.index[-1]), float(100 * effects.iloc[-1, 0])
+    real = gains_ci["merged − best single real"]
+    out["real_gain_cases"] = wording.count_phrase(int((real & (gains_ci["merged − best single"] > 0)).sum()),
+                                                  len(gains_ci), "case")
+    out["real_loss_cases"] = wording.count_phrase(int((real & (gains_ci["merged − best single"] < 0)).sum()),
+                                                  len(gains_ci), "case")
+    out["compute_minutes"] = float(result.lambdas.iloc[:, -1].sum())
+    for kind in KIND_ORDER:
+        out[f"{kind}_steps"] = int(settings.steps[kind])
+    out["max_length"] = int(settings.max_length)
+    out["select_rows"] = max(len(td.select) for td in result.task_data.values())
+    out["eval_rows"] = max(len(td.evalset) for td in result.task_data.values())
+    return out
