@@ -217,13 +217,44 @@ def test_dare_is_unbiased_in_expectation():
 
 
 # ------------------------------------------------------------------------------------ registry, errors
-def test_every_method_is_registered_with_a_source_and_its_return_type():
-    assert set(M.METHODS) >= {"paper", "linear", "cat", "svd", "task_arith", "ties", "dare"}
+def test_every_method_is_registered_with_a_source_its_return_type_and_its_parameters():
+    assert set(M.METHODS) >= {"paper", "linear", "cat", "svd", "task_arith", "ties", "dare", "knots", "tsv_m",
+                              "iso_c"}
     for name, m in M.METHODS.items():
-        assert m.fn.__doc__ and m.reference
-        out = M.compose(name, STATES[:2], [0.5, 0.5], **({"scaling": S} if name in ("svd", "task_arith",
-                                                                                        "ties", "dare") else {}))
+        assert m.fn.__doc__ and m.reference and m.display and m.update
+        out = M.compose(name, STATES[:2], [0.5, 0.5], **m.kwargs(scaling=S))  # declared defaults suffice
         assert isinstance(out, M.DenseDelta) == (m.returns == "delta")
+        if m.same_update_as:
+            twin = M.METHODS[m.same_update_as]
+            got = out.layers if isinstance(out, M.DenseDelta) else delta(out, S)
+            want = M.compose(twin.name, STATES[:2], [0.5, 0.5], **twin.kwargs(scaling=S))
+            assert_layers_close(got, want.layers if isinstance(want, M.DenseDelta) else delta(want, S))
+    assert [r["method"] for r in M.registry_rows()] == list(M.METHODS)
+
+
+def test_method_kwargs_come_from_the_settings_fields_the_registry_names():
+    class Settings:
+        ties_density, dare_drop_rate, dare_seed = 0.7, 0.3, 5
+
+    assert M.METHODS["ties"].kwargs(Settings(), 2.0) == {"scaling": 2.0, "density": 0.7}
+    assert M.METHODS["dare"].kwargs(Settings(), 2.0) == {"scaling": 2.0, "drop_rate": 0.3, "seed": 5}
+    assert M.METHODS["knots"].kwargs(Settings(), 2.0) == {"density": 0.7}
+    assert M.METHODS["paper"].kwargs(Settings(), 2.0) == {}
+    with pytest.raises(ValueError, match="needs the LoRA scaling"):
+        M.METHODS["task_arith"].kwargs(Settings())
+    with pytest.raises(ValueError, match="'ties_density', which these settings do not have"):
+        M.METHODS["ties"].kwargs(object(), 1.0)
+
+
+def test_register_checks_the_declared_parameters_against_the_function():
+    def fn(states, weights, *, k: int = 1):
+        return states[0]
+
+    with pytest.raises(ValueError, match=r"declares parameters \[\] but takes \['k'\]"):
+        M.register("unchecked", "lora", "x")(fn)
+    with pytest.raises(ValueError, match="declares default 2"):
+        M.register("unchecked", "lora", "x", params=(M.Param("k", 2),))(fn)
+    assert "unchecked" not in M.METHODS
 
 
 @pytest.mark.parametrize("call, message", [
