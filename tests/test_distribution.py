@@ -118,6 +118,24 @@ def test_chapter_pipeline_at_smoke_and_cache(shared_data, tmp_path):
     ours = counts.loc[("rte", "s0"), [("ours", "class 0"), ("ours", "class 1")]].sum()
     assert ours == p.train_size
     assert set(D.merge_effects(res.rows).index) == {"rte", "stsb"}
+    # Intervals come from the kept per-row predictions: they bracket the scores the chapter reports.
+    bands = D.sweep_intervals(res)
+    merged = res.sweep[res.sweep["split"] == "eval"].reset_index(drop=True)
+    assert np.allclose(bands["score"], merged["score"]) and (bands["score_low"] <= bands["score"] + 1e-12).all()
+    assert len([a for a in D.sweep_figure(bands, res.rows).axes if a.get_visible()]) == 2
+    learned = D.learned(res).set_index("task")
+    labels = D.eval_labels(res.task_data["rte"])
+    assert learned.loc["stsb", "reference"] == 0.0
+    assert learned.loc["rte", "reference"] == max(labels.mean(), 1 - labels.mean())
+    rte = learned.loc["rte"]
+    assert bool(rte["learned"]) == (rte["fullset"] - 2 * rte["se"] > rte["reference"])
+    gains = D.gain_intervals(res).set_index("task")
+    piv = res.rows[res.rows["kind"] == "lora"].pivot_table(index="task", columns="module", values="score")
+    assert np.isclose(gains.loc["rte", "merged − fullset"], piv.loc["rte", "merged, λ selected"] - piv.loc["rte", "fullset"])
+    facts = D.facts(res, s)
+    assert facts["n_tasks"] == "2" and facts["lora_steps"] == 2
+    assert np.isclose(facts["lora_avg_full"], table.loc[("LoRA", "fullset"), "avg"])
+    assert facts["lora_learned"] in {"no task", "one task of two", "both tasks"}
 
 
 def test_threads_are_restored():
