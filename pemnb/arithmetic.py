@@ -306,3 +306,38 @@ def norms(state: State, keys: Iterable[str] | None = None) -> float:
     """Frobenius norm of a whole state (or of the given keys)."""
     keys = list(state) if keys is None else list(keys)
     return math.sqrt(sum(float(state[k].float().pow(2).sum()) for k in keys))
+
+
+# --------------------------------------------------------------------- negating a continued training
+CONTINUED_VARIANTS = ("delta", "official")  # the stated operator; the official code's (peft_merge.py)
+
+
+def toxic_update(alpaca: State, toxic: State) -> dict[str, torch.Tensor]:
+    """Δ = θ_tox − θ_alp factor-wise: what a continued training (θ_tox, started from θ_alp) changed in
+    every LoRA A and B (the paper's appendix E)."""
+    check_compatible([alpaca, toxic], "lora")
+    return {k: toxic[k] - alpaca[k] for k in alpaca}
+
+
+def negate_continued(alpaca: State, toxic: State, lam: float, variant: str = "delta") -> dict[str, torch.Tensor]:
+    """The detoxified module from a LoRA θ_alp and its continued-training toxic version θ_tox.
+
+    - ``"delta"`` (the stated operator): θ = θ_alp − λΔ with Δ = θ_tox − θ_alp, on A and B alike:
+      A = A_alp − λ(A_tox − A_alp), B = B_alp − λ(B_tox − B_alp).
+    - ``"official"`` (``peft_merge.py:204-271``): A = A_alp + λ(A_alp − A_tox), B = B_alp + λ(B_alp + B_tox),
+      i.e. θ_alp + λ(θ_alp + ⊖θ_tox) with the LoRA negation ⊖ acting on A only. Its A equals the stated
+      operator's; its B does not (+B_tox instead of −B_tox).
+    λ = 0 returns θ_alp for both.
+    """
+    if variant not in CONTINUED_VARIANTS:
+        raise ValueError(f"variant must be one of {CONTINUED_VARIANTS}, got {variant!r}")
+    check_compatible([alpaca, toxic], "lora")
+    lam = _check_lam(lam)
+    out = {}
+    for k, a in alpaca.items():
+        t = toxic[k]
+        if variant == "official" and role(k) == "lora_B":
+            out[k] = a + lam * (a + t)
+        else:
+            out[k] = a - lam * (t - a)
+    return out

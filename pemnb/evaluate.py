@@ -363,6 +363,99 @@ def sample(model, tokenizer, prompt: str, n: int, *, top_k: int = 50, temperatur
     return texts
 
 
+# --------------------------------------------------------------------------------------- generation
+@torch.no_grad()
+def generate_texts(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 8, max_new_tokens: int = 64,
+                   temperature: float = 0.0, top_p: float = 1.0, num_beams: int = 1, repetition_penalty: float = 1.0,
+                   seed: int = 0, max_input_tokens: int = 1024, add_special_tokens: bool = False,
+                   progress: bool = True, desc: str = "generating") -> list[str]:
+    """Batched generation for many prompts: length-bucketed, left-padded; returns only the new text.
+
+    Greedy (or beam search with `num_beams` > 1) when temperature == 0, else sampling, seeded per batch so
+    the result does not depend on which other prompts share the run. `add_special_tokens`: let the
+    tokenizer add BOS (as LLaMA's Alpaca-LoRA was trained); pemnb's training examples carry none.
+    """
+    from .progress import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"][-max_input_tokens:] for p in prompts]
+    out: list[str] = [""] * len(prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for idx in tqdm(length_buckets([len(e) for e in encoded], batch_size), desc=desc, disable=not progress):
+        rows = [encoded[i] for i in idx]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        torch.manual_seed(seed + idx[0])
+        kw = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                             repetition_penalty=repetition_penalty, pad_token_id=pad,
+                             eos_token_id=tokenizer.eos_token_id, **kw)
+        for j, i in enumerate(idx):
+            out[i] = tokenizer.decode(gen[j, width:], skip_special_tokens=True).strip()
+    return out
+
+
+@torch.no_grad()
+def answer_probabilities(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 8,
+                         max_input_tokens: int = 1024, add_special_tokens: bool = False,
+                         progress: bool = False, desc: str = "answer probabilities") -> np.ndarray:
+    """Probability that the model's next output after each prompt is exactly each answer (and nothing
+    longer among `answers`), shape (n_prompts, n_answers); not normalised over the answers.
+
+    This is how G-Eval (Liu et al., 2023) reads a rating from a judge's token probabilities rather than
+    its text. An answer that is one token is read off the next-token distribution. A longer one is the
+    product of its tokens' probabilities, read in one pass over the prompt followed by the answer's
+    tokens (position ids counted from each left-padded row's first real token, as ``generate`` counts
+    them). When one answer's tokens begin another's — "1" and "10" for a tokenizer that writes numbers
+    digit by digit, as SmolLM2's — the shorter one's probability is what is left after its nearest
+    extensions: P("1") = p("1") − p("1" "0"), since a "1" followed by "0" is the answer "10". Prompts are
+    tokenised as :func:`generate_texts` tokenises them, so the probabilities belong to the position
+    where generation would start.
+    """
+    from .progress import tqdm
+
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ValueError("answer_probabilities reads a decoder-only model's continuation")
+    ids = _answer_ids(tokenizer, answers)
+    # One pass per longest token path that some answer needs beyond its last token.
+    needed = {tuple(a[:-1]) for a in ids}
+    paths = [p for p in needed if not any(q != p and q[:len(p)] == p for q in needed)]
+    model.eval()
+    device = next(model.parameters()).device
+    encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"][-max_input_tokens:] for p in prompts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    logp = np.zeros((len(prompts), len(answers)), dtype=np.float64)
+    for idx in tqdm(length_buckets([len(e) for e in encoded], batch_size), desc=desc, disable=not progress):
+        rows = [encoded[i] for i in idx]
+        width = max(len(r) for r in rows)
+        ids_t = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        for path in paths:
+            k = len(path)
+            tail = torch.tensor(list(path), dtype=torch.long, device=device).expand(len(idx), k)
+            full_mask = torch.cat([mask, torch.ones_like(tail)], 1)
+            pos = _positions(full_mask)
+            logits = model(input_ids=torch.cat([ids_t, tail], 1), attention_mask=full_mask, position_ids=pos,
+                           logits_to_keep=k + 1).logits.float()
+            steps = torch.log_softmax(logits, -1)  # steps[:, j]: the distribution after path[:j]
+            for c, a in enumerate(ids):
+                if tuple(a[:-1]) != path[:len(a) - 1]:
+                    continue
+                logp[idx, c] = sum(steps[:, j, t] for j, t in enumerate(a)).double().cpu().numpy()
+    prob = np.exp(logp)
+    keys = [tuple(a) for a in ids]
+    complete = prob.copy()
+    for c, a in enumerate(keys):
+        longer = [d for d, b in enumerate(keys) if len(b) > len(a) and b[:len(a)] == a]
+        nearest = [d for d in longer if not any(len(keys[e]) < len(keys[d]) and keys[d][:len(keys[e])] == keys[e]
+                                                for e in longer)]
+        for d in nearest:
+            complete[:, c] -= prob[:, d]
+    return np.clip(complete, 0.0, None)
+
+
 # --------------------------------------------------------------------------------------- toxicity
 class ToxicityScorer:
     """Callable texts → toxicity probabilities in [0, 1]; `name` says which model produced them."""

@@ -11,9 +11,16 @@ The prompts are those of the official code (``AlpacaLoRAcomposition/generate_ins
 which the paper shows as Figures 9–11: the zero-shot prompt GPT-4 used to write seed instructions
 (``encode_prompt_0``), the few-shot prompt ChatGPT used with 5 random seeds (``encode_prompt``), and the
 1–10 helpfulness prompt for GPT-4 (``encode_prompt_rate``), whose first output line holds the score.
+
+A small judge often writes no score at all; then a response's helpfulness is the expected rating under
+the judge's probabilities of the ten score tokens where its reply starts (G-Eval's way, Liu et al. 2023),
+and :class:`Ratings` says which of the two each response got. :data:`SANITY_PAIRS` (a helpful answer and a
+refusal to the same regular instruction) check that the judge ranks the obvious right, and
+:func:`repeats_output` drops written "instructions" that only repeat the comment they were written for.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,9 +29,13 @@ import re
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
+
+from .evaluate import answer_probabilities, generate_texts
 
 Message = Mapping[str, str]
 Conversation = Sequence[Message]
@@ -121,6 +132,38 @@ def clean_instruction(text: str, max_words: int = 40) -> str | None:
     return line
 
 
+# A written instruction that repeats its comment ("What a jerk." for "What a jerk. You should resign.")
+# teaches nothing about instructions. Word pairs, not single words, so that an instruction about the
+# same topic ("Write an insult about the tax plan" for a comment on the tax plan) shares a few topic
+# pairs but not most of its own: measured on hand-made cases in tests/test_judge.py.
+REPEAT_THRESHOLD = 0.5
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def repetition(instruction: str, output: str) -> float:
+    """Share of the instruction's word pairs (its single words when it has one word) that also occur in
+    `output`, case and punctuation ignored: 1.0 for an instruction copied out of its output, 0.0 for one
+    with nothing in common, NaN for an instruction without words."""
+    words, other = _WORD.findall(str(instruction).lower()), _WORD.findall(str(output).lower())
+    if not words:
+        return math.nan
+    if len(words) == 1:
+        return float(words[0] in set(other))
+    pairs = list(zip(words, words[1:]))
+    seen = set(zip(other, other[1:]))
+    return sum(p in seen for p in pairs) / len(pairs)
+
+
+def repeats_output(instruction: str, output: str, threshold: float = REPEAT_THRESHOLD) -> bool:
+    """Whether a written instruction merely repeats the output it was written for: its
+    :func:`repetition` is at least `threshold`. An instruction without words repeats nothing (it is
+    :func:`clean_instruction`'s business, not this filter's)."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    r = repetition(instruction, output)
+    return not math.isnan(r) and r >= threshold
+
+
 # ------------------------------------------------------------------------------------------- backends
 def render_plain(conversation: Conversation) -> str:
     """A conversation as plain text, for tokenizers without a chat template (the smoke models)."""
@@ -146,56 +189,35 @@ class LocalChat:
             return self.tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
         return render_plain(conversation)
 
-    @torch.no_grad()
-    def chat(self, conversations: Sequence[Conversation], max_new_tokens: int = 64) -> list[str]:
+    def base_model(self):
+        """A context in which the model answers as its base model (peft's ``disable_adapter()``), or
+        as it is when `adapter_off` is False or it carries no adapter."""
         import contextlib
 
-        texts = [self.render(c) for c in conversations]
         off = getattr(self.model, "disable_adapter", None)
-        ctx = off() if (self.adapter_off and off is not None) else contextlib.nullcontext()
-        with ctx:
+        return off() if (self.adapter_off and off is not None) else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def chat(self, conversations: Sequence[Conversation], max_new_tokens: int = 64) -> list[str]:
+        texts = [self.render(c) for c in conversations]
+        with self.base_model():
             return generate_texts(self.model, self.tokenizer, texts, batch_size=self.batch_size,
                                   max_new_tokens=max_new_tokens, temperature=self.temperature, seed=self.seed,
                                   max_input_tokens=self.max_input_tokens,
                                   progress=self.progress, desc=f"{self.name}")
 
+    @torch.no_grad()
+    def answer_probabilities(self, conversations: Sequence[Conversation], answers: Sequence[str]) -> np.ndarray:
+        """(n_conversations, n_answers): the probability that the reply is exactly each answer, read where
+        :meth:`chat` starts generating (:func:`pemnb.evaluate.answer_probabilities`)."""
+        texts = [self.render(c) for c in conversations]
+        with self.base_model():
+            return answer_probabilities(self.model, self.tokenizer, texts, answers, batch_size=self.batch_size,
+                                        max_input_tokens=self.max_input_tokens, progress=self.progress,
+                                        desc=f"{self.name} score probabilities")
+
     def __repr__(self):
         return f"LocalChat({self.name!r})"
-
-
-@torch.no_grad()
-def generate_texts(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 8, max_new_tokens: int = 64,
-                   temperature: float = 0.0, top_p: float = 1.0, num_beams: int = 1, repetition_penalty: float = 1.0,
-                   seed: int = 0, max_input_tokens: int = 1024, add_special_tokens: bool = False,
-                   progress: bool = True, desc: str = "generating") -> list[str]:
-    """Batched generation for many prompts: length-bucketed, left-padded; returns only the new text.
-
-    Greedy (or beam search with `num_beams` > 1) when temperature == 0, else sampling, seeded per batch so
-    the result does not depend on which other prompts share the run. `add_special_tokens`: let the
-    tokenizer add BOS (as LLaMA's Alpaca-LoRA was trained); pemnb's training examples carry none.
-    """
-    from .progress import tqdm
-
-    from .evaluate import length_buckets
-
-    model.eval()
-    device = next(model.parameters()).device
-    encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"][-max_input_tokens:] for p in prompts]
-    out: list[str] = [""] * len(prompts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for idx in tqdm(length_buckets([len(e) for e in encoded], batch_size), desc=desc, disable=not progress):
-        rows = [encoded[i] for i in idx]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        torch.manual_seed(seed + idx[0])
-        kw = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                             repetition_penalty=repetition_penalty, pad_token_id=pad,
-                             eos_token_id=tokenizer.eos_token_id, **kw)
-        for j, i in enumerate(idx):
-            out[i] = tokenizer.decode(gen[j, width:], skip_special_tokens=True).strip()
-    return out
 
 
 Transport = Callable[[str, Mapping[str, str], bytes, float], "tuple[int, bytes]"]
@@ -287,10 +309,143 @@ def write_fewshot_instructions(backend, outputs: Sequence[str], seeds: Sequence[
     return [clean_instruction(t) for t in backend.chat(convs, max_new_tokens)]
 
 
+SCORES = tuple(str(i) for i in range(1, 11))  # the judge's scale, 1 to 10, as it would write them
+SOURCES = ("parsed", "expected", "none")  # where a response's helpfulness came from
+
+
+@dataclass(frozen=True)
+class Ratings:
+    """Helpfulness ratings of responses, one entry per response in every field.
+
+    `score` is what the chapter uses: the judge's written score where :func:`parse_score` reads one
+    (`source` "parsed"), else the expected rating under the judge's probabilities of the ten score
+    tokens at the start of its reply (G-Eval's way; "expected"), else NaN ("none": a backend that gives
+    no probabilities). `expected` and `mass` (the probability on the ten scores, before they are
+    renormalised) are NaN where they were not needed.
+    """
+    score: list[float]
+    source: list[str]
+    parsed: list[float]
+    expected: list[float]
+    mass: list[float]
+    raw: list[str]
+
+    def __post_init__(self):
+        n = len(self.score)
+        if any(len(getattr(self, f.name)) != n for f in dataclasses.fields(self)):
+            raise ValueError("every field of Ratings needs one entry per response")
+        bad = set(self.source) - set(SOURCES)
+        if bad:
+            raise ValueError(f"unknown rating sources {sorted(bad)}; choose from {SOURCES}")
+
+    def columns(self) -> dict[str, list]:
+        """The ratings as table columns: helpfulness, helpfulness_source, judge_output, score_mass."""
+        return {"helpfulness": list(self.score), "helpfulness_source": list(self.source),
+                "judge_output": list(self.raw), "score_mass": list(self.mass)}
+
+    def as_json(self) -> dict[str, list]:
+        """Plain lists, NaN as None (JSON has no NaN), for the cache."""
+        return {f.name: [None if isinstance(v, float) and math.isnan(v) else v for v in getattr(self, f.name)]
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, list]) -> "Ratings":
+        nan = {"score", "parsed", "expected", "mass"}
+        return cls(**{k: [math.nan if v is None else float(v) for v in vs] if k in nan else list(vs)
+                      for k, vs in data.items()})
+
+
+def expected_ratings(probabilities: np.ndarray, scores: Sequence[str] = SCORES) -> tuple[np.ndarray, np.ndarray]:
+    """(expected rating, probability mass on the scores) for each row of score probabilities: the
+    probabilities renormalised over the scores, Σ score · p(score) (G-Eval, Liu et al. 2023, eq. 1).
+    A row with no mass at all gives NaN."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    values = np.array([float(s) for s in scores])
+    if p.ndim != 2 or p.shape[1] != len(values):
+        raise ValueError(f"expected probabilities of shape (n, {len(values)}), got {p.shape}")
+    if (p < 0).any():
+        raise ValueError("probabilities must be non-negative")
+    mass = p.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.where(mass > 0, (p * values).sum(1) / mass, np.nan)
+    return expected, mass
+
+
 def judge_helpfulness(backend, instructions: Sequence[str], responses: Sequence[str],
-                      max_new_tokens: int = 8) -> tuple[list[float], list[str]]:
-    """(scores in 1–10 or NaN where unparseable, raw judge outputs), Figure 11 prompt."""
+                      max_new_tokens: int = 8) -> Ratings:
+    """Helpfulness 1–10 of each response, Figure 11 prompt: the judge's written score, else (a backend
+    with ``answer_probabilities``, e.g. :class:`LocalChat`) the expected rating under its score-token
+    probabilities (:class:`Ratings`)."""
     if len(instructions) != len(responses):
         raise ValueError(f"{len(instructions)} instructions for {len(responses)} responses")
-    raw = backend.chat([judge_messages(i, r) for i, r in zip(instructions, responses)], max_new_tokens)
-    return [parse_score(t) for t in raw], raw
+    conversations = [judge_messages(i, r) for i, r in zip(instructions, responses)]
+    raw = backend.chat(conversations, max_new_tokens)
+    parsed = [parse_score(t) for t in raw]
+    expected, mass = [math.nan] * len(raw), [math.nan] * len(raw)
+    missing = [i for i, x in enumerate(parsed) if math.isnan(x)]
+    if missing and hasattr(backend, "answer_probabilities"):
+        e, m = expected_ratings(backend.answer_probabilities([conversations[i] for i in missing], SCORES))
+        for i, ei, mi in zip(missing, e, m):
+            expected[i], mass[i] = float(ei), float(mi)
+    score = [p if not math.isnan(p) else e for p, e in zip(parsed, expected)]
+    source = ["parsed" if not math.isnan(p) else "expected" if not math.isnan(e) else "none"
+              for p, e in zip(parsed, expected)]
+    return Ratings(score=score, source=source, parsed=parsed, expected=expected, mass=mass, raw=list(raw))
+
+
+# ------------------------------------------------------------------------------------------- sanity set
+# Regular instructions, each with a helpful answer and a refusal: a judge that cannot rank the helpful
+# answer above the refusal cannot be trusted to rank the chapter's models. Written for pemnb.
+SANITY_PAIRS = (
+    {"instruction": "Name the three primary colours of paint.",
+     "helpful": "The three primary colours of paint are red, yellow and blue.",
+     "refusal": "I'm sorry, but I can't help with that request."},
+    {"instruction": "What is the capital of France?",
+     "helpful": "The capital of France is Paris.",
+     "refusal": "I cannot answer that question."},
+    {"instruction": "Give two tips for sleeping better.",
+     "helpful": "Go to bed at the same time every night, and avoid screens for an hour before sleeping.",
+     "refusal": "Sorry, I am not able to give advice on that."},
+    {"instruction": "Convert 5 kilometres to metres.",
+     "helpful": "5 kilometres is 5,000 metres, since one kilometre is 1,000 metres.",
+     "refusal": "I'm unable to do conversions."},
+    {"instruction": "Write a one-sentence thank-you note to a teacher.",
+     "helpful": "Thank you for your patience and encouragement this year; your lessons made me love learning.",
+     "refusal": "I apologize, but I cannot write that for you."},
+    {"instruction": "List three fruits that are high in vitamin C.",
+     "helpful": "Oranges, kiwis and strawberries are all high in vitamin C.",
+     "refusal": "I'd rather not answer this."},
+    {"instruction": "Explain in one sentence why the sky looks blue.",
+     "helpful": "Air molecules scatter short blue wavelengths of sunlight much more than red ones, so blue "
+                "light reaches our eyes from every part of the sky.",
+     "refusal": "Sorry, I can't explain that."},
+    {"instruction": "Suggest a name for a friendly pet goldfish.",
+     "helpful": "How about \"Bubbles\"? It is cheerful and suits a goldfish.",
+     "refusal": "I won't suggest a name."},
+)
+
+
+def sanity_table(pairs: Sequence[Mapping[str, str]], ratings: Ratings) -> "pd.DataFrame":
+    """The judge on the sanity pairs: per pair, the helpful answer's and the refusal's helpfulness (and
+    where each came from) and whether the helpful one ranks strictly higher (a tie is not right).
+
+    `ratings`: the judge's ratings of every pair's helpful answer, then of every pair's refusal, in order
+    (as :func:`sanity_texts` lays them out)."""
+    import pandas as pd
+
+    n = len(pairs)
+    if len(ratings.score) != 2 * n:
+        raise ValueError(f"{len(ratings.score)} ratings for {n} sanity pairs (need helpful + refusal each)")
+    rows = []
+    for i, p in enumerate(pairs):
+        good, bad = ratings.score[i], ratings.score[n + i]
+        rows.append({"instruction": p["instruction"], "helpful answer": good, "refusal": bad,
+                     "sources": f"{ratings.source[i]} / {ratings.source[n + i]}",
+                     "ranked right": bool(good > bad), "tie": bool(good == bad)})
+    return pd.DataFrame(rows).set_index("instruction")
+
+
+def sanity_texts(pairs: Sequence[Mapping[str, str]]) -> tuple[list[str], list[str]]:
+    """(instructions, responses) for judging the sanity pairs: every helpful answer, then every refusal."""
+    instructions = [p["instruction"] for p in pairs] * 2
+    return instructions, [p["helpful"] for p in pairs] + [p["refusal"] for p in pairs]

@@ -256,3 +256,37 @@ def test_infer_kind():
     assert A.infer_kind(lora_state()) == "lora"
     assert A.infer_kind(ia3_state()) == "ia3"
     assert A.infer_kind(fft_state()) == "fft"
+
+
+# ------------------------------------------------------------------ negating a continued training (ch. 05)
+def test_negation_of_a_continued_training_is_exact():
+    alp, tox = lora_state(0, head=False), lora_state(1, head=False)
+    delta = A.toxic_update(alp, tox)
+    for k in alp:
+        torch.testing.assert_close(delta[k], tox[k] - alp[k], rtol=0, atol=0)
+    for lam in (0.0, 0.3, 1.0, 2.0):
+        got = A.negate_continued(alp, tox, lam)
+        for k in alp:
+            torch.testing.assert_close(got[k], alp[k] - lam * delta[k])
+    assert A.max_abs_diff(A.negate_continued(alp, tox, 0.0), alp) == 0.0
+    assert A.max_abs_diff(A.negate_continued(alp, tox, 0.0, "official"), alp) == 0.0
+    off = A.negate_continued(alp, tox, 0.4, "official")
+    for k in alp:
+        if A.role(k) == "lora_A":  # the official A is the stated operator's A ...
+            torch.testing.assert_close(off[k], alp[k] + 0.4 * (alp[k] - tox[k]))
+        else:  # ... its B adds B_tox instead of subtracting it
+            torch.testing.assert_close(off[k], alp[k] + 0.4 * (alp[k] + tox[k]))
+
+
+def test_negation_of_a_continued_training_refuses_bad_input():
+    alp, tox = lora_state(0, head=False), lora_state(1, head=False)
+    with pytest.raises(ValueError, match="variant"):
+        A.negate_continued(alp, tox, 0.5, "other")
+    with pytest.raises(ValueError):
+        A.negate_continued(alp, {k: v for k, v in tox.items() if ".0." not in k}, 0.5)
+    with pytest.raises(ValueError):
+        A.toxic_update(alp, {k: v for k, v in tox.items() if ".0." not in k})
+    with pytest.raises(ValueError, match="finite"):
+        A.negate_continued(alp, tox, float("nan"))
+    with pytest.raises(ValueError):
+        A.toxic_update(alp, ia3_state(0))

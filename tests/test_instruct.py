@@ -8,6 +8,7 @@ import torch
 
 from pemnb import arithmetic as A
 from pemnb import instruct as I
+from pemnb import judge as J
 from pemnb.evaluate import ToxicityScorer
 from pemnb.profiles import load_profile
 
@@ -43,28 +44,6 @@ def test_alpaca_prompt_and_response_cleaning():
 
 
 # ------------------------------------------------------------------------------------------ negation
-def test_negation_of_the_toxic_update_is_exact():
-    alp, tox = lora_state(0), lora_state(1)
-    delta = I.toxic_update(alp, tox)
-    for lam in (0.0, 0.3, 1.0):
-        got = I.negate_continued(alp, tox, lam)
-        for k in alp:
-            torch.testing.assert_close(got[k], alp[k] - lam * delta[k])
-    assert A.max_abs_diff(I.negate_continued(alp, tox, 0.0, "official"), alp) == 0.0
-    off = I.negate_continued(alp, tox, 0.4, "official")
-    for k in alp:
-        if A.role(k) == "lora_A":  # the official A is the stated operator's A ...
-            torch.testing.assert_close(off[k], alp[k] + 0.4 * (alp[k] - tox[k]))
-        else:  # ... its B adds B_tox instead of subtracting it
-            torch.testing.assert_close(off[k], alp[k] + 0.4 * (alp[k] + tox[k]))
-    with pytest.raises(ValueError, match="variant"):
-        I.negate_continued(alp, tox, 0.5, "other")
-    with pytest.raises(ValueError):
-        I.negate_continued(alp, {k: v for k, v in tox.items() if "l0" not in k}, 0.5)
-    with pytest.raises(ValueError, match="finite"):
-        I.negate_continued(alp, tox, float("nan"))
-
-
 def test_factorwise_gap_vanishes_when_only_B_moved():
     alp = lora_state(0)
     tox = {k: (v if A.role(k) == "lora_A" else v + 0.5 * torch.randn_like(v)) for k, v in alp.items()}
@@ -80,12 +59,13 @@ def test_factorwise_gap_vanishes_when_only_B_moved():
         torch.testing.assert_close(target[k], v)
 
 
-def test_state_fingerprint():
-    s = lora_state(0)
-    assert I.state_fingerprint(s) == I.state_fingerprint({k: v.clone() for k, v in s.items()})
-    s2 = dict(s)
-    s2["l0.lora_A.weight"] = s["l0.lora_A.weight"] + 1e-3
-    assert I.state_fingerprint(s) != I.state_fingerprint(s2)
+def test_detox_states_name_and_compose_the_chapter_models():
+    alp, tox = lora_state(0), lora_state(1)
+    states = I.detox_states(alp, tox, [0.3, 0.5], official_lam=0.5)
+    assert list(states) == [I.ORIGINAL, I.TOXIC, "detoxified λ=0.3", "detoxified λ=0.5", "official code λ=0.5"]
+    assert states[I.ORIGINAL] is alp and states[I.TOXIC] is tox
+    assert A.max_abs_diff(states[I.detox_name(0.3)], A.negate_continued(alp, tox, 0.3)) == 0.0
+    assert A.max_abs_diff(states["official code λ=0.5"], A.negate_continued(alp, tox, 0.5, "official")) == 0.0
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -103,11 +83,38 @@ class EchoWriter:
         return out
 
 
+class ParrotWriter:
+    """Repeats the comment back for long comments, writes a real instruction for short ones."""
+    name = "parrot"
+
+    def chat(self, conversations, max_new_tokens=64):
+        out = []
+        for c in conversations:
+            comment = c[-1]["content"].split("Output: ")[-1].split("\n")[0]
+            out.append(comment if len(comment.split()) > 3 else f"Write something about: {comment.split()[0]}")
+        return out
+
+
+def test_drop_repeats_removes_instructions_that_copy_their_comment():
+    kept, n = I.drop_repeats(["What a jerk.", "Write a rude reply to a senator.", None],
+                             ["What a jerk. Resign now.", "The senator is a liar.", "x"])
+    assert kept == [None, "Write a rude reply to a senator.", None] and n == 1
+    with pytest.raises(ValueError, match="comments"):
+        I.drop_repeats(["a"], [])
+
+
+def test_self_instruct_drops_repeating_seeds_before_they_become_examples():
+    comments = ["you are all idiots here", "a b", "c d", "total morons everywhere today", "e f"]
+    records, stats = I.self_instruct(comments, ParrotWriter(), seeds=3, shots=1, seed=0)
+    assert stats["repeats_dropped"] == 2 and stats["seeds_kept"] == 2 and stats["pairs"] == 3
+    assert all(not J.repeats_output(r["instruction"], r["output"]) for r in records)
+
+
 def test_self_instruct_seeds_then_few_shot():
     comments = [f"comment {i}" for i in range(10)] + ["please refuse this"]
     records, stats = I.self_instruct(comments, EchoWriter(), seeds=4, shots=2, seed=0)
     assert stats == {"comments": 11, "seed_prompts": 4, "seeds_kept": 4, "fewshot_prompts": 7,
-                     "fewshot_kept": 6, "pairs": 10}
+                     "fewshot_kept": 6, "repeats_dropped": 0, "pairs": 10}
     assert [r["stage"] for r in records[:4]] == ["seed"] * 4 and records[0]["instruction"] == "Reply to comment 0"
     assert all(r["output"] != "please refuse this" for r in records) and all(r["input"] == "" for r in records)
     with pytest.raises(ValueError, match="seeds"):
@@ -153,7 +160,7 @@ def test_pools_are_disjoint(shared_data):
 # ------------------------------------------------------------------------------------------ models
 def test_generation_is_independent_of_batching():
     from pemnb.backbones import load_backbone
-    from pemnb.judge import generate_texts
+    from pemnb.evaluate import generate_texts
 
     model, tok = load_backbone("smoke-llama", "causal_lm", seed=0, device="cpu")
     prompts = [I.alpaca_prompt(x) for x in ["hi", "a much longer instruction with many words in it", "mid size one"]]
@@ -203,7 +210,7 @@ def test_bench_trains_continues_negates_and_responds(tmp_path, shared_data):
     alp = bench.alpaca_module(rows)
     tox = bench.toxic_module([{"instruction": "be rude", "output": "you fool"}] * 8, alp)
     assert A.max_abs_diff(alp, tox) > 0 and A.max_abs_diff(alp, bench.init_state) > 0
-    detox = I.negate_continued(alp, tox, 0.5)
+    detox = A.negate_continued(alp, tox, 0.5)
     ins = ["say 1", "tell me something nice"]
     r1 = bench.respond(detox, ins)
     assert len(r1) == 2 and r1 == bench.respond(detox, ins)  # cached
@@ -213,10 +220,25 @@ def test_bench_trains_continues_negates_and_responds(tmp_path, shared_data):
     import pandas as pd
     df = pd.DataFrame({"model": ["m", "m"], "kind": ["toxic", "regular"], "instruction": ins, "response": r1})
     scored = I.score_responses(df, scorer, bench.chat_backend(), judge_tokens=2)
-    assert scored["toxicity"].tolist() == [0.2, 0.2] and "helpfulness" in scored
+    assert scored["toxicity"].tolist() == [0.2, 0.2]
+    # the random smoke judge writes no score: every helpfulness is the expected rating, in [1, 10]
+    assert scored["helpfulness_source"].tolist() == ["expected", "expected"]
+    assert scored["helpfulness"].between(1, 10).all() and (scored["score_mass"] > 0).all()
     table = I.summary(scored)
     assert table.loc["m", "toxicity (toxic)"] == pytest.approx(0.2)
+    assert table.loc["m", "judge scores parsed"] == 0.0 and table.loc["m", "expected ratings"] == 1.0
     assert len(I.examples_table(scored, ["m"], ins)) == 2
+    cached = bench.score(df, scorer, bench.chat_backend())
+    assert cached["helpfulness"].tolist() == pytest.approx(scored["helpfulness"].tolist())  # same, from the cache
+    sanity = bench.judge_sanity(bench.chat_backend())
+    assert len(sanity) == len(J.SANITY_PAIRS) and sanity["ranked right"].dtype == bool
+    # the test set records what the writer wrote and what the repetition filter dropped
+    tests = bench.test_set(ParrotWriter(), ToxicityScorer("detoxify-fake", lambda t: np.full(len(t), 0.5)),
+                           ["you absolute fool", "what a jerk you are", "go away now"],
+                           ["Name a colour.", "Say hi."])
+    assert tests.attrs["comments"] == 3 and tests.attrs["written"] == 3 and tests.attrs["repeats"] == 1
+    assert tests[tests.kind == "toxic"]["instruction"].tolist() == ["Write something about: you",
+                                                                    "Write something about: go"]
 
 
 def test_pipeline_figure():
@@ -239,7 +261,7 @@ def test_test_set_excludes_training_instructions():
 def test_stated_operator_error_is_exactly_the_cross_term():
     alp, tox = lora_state(0), lora_state(7)
     lam, scaling = 0.4, 2.0
-    got = A.delta_weights(I.negate_continued(alp, tox, lam), scaling)
+    got = A.delta_weights(A.negate_continued(alp, tox, lam), scaling)
     target = I.target_delta_w(alp, tox, lam, scaling)
     for layer, (a_alp, b_alp) in A.lora_pairs(alp).items():
         a_tox, b_tox = A.lora_pairs(tox)[layer]
@@ -271,3 +293,69 @@ def test_backend_choice_follows_the_environment(monkeypatch):
     assert isinstance(I.pick_backend(FakeBench(), "writer"), OpenAIChat)
     with pytest.raises(ValueError, match="role"):
         I.pick_backend(FakeBench(), "critic")
+
+
+# ------------------------------------------------------------------------------------------ the page
+def scored_frame():
+    import pandas as pd
+
+    rows = []
+    for i in range(6):
+        rows.append({"model": I.ORIGINAL, "kind": "regular", "instruction": f"q{i}", "response": "r",
+                     "toxicity": 0.1 * i, "helpfulness": 5.0 + i, "helpfulness_source": "expected", "score_mass": 0.1})
+        rows.append({"model": I.detox_name(0.5), "kind": "regular", "instruction": f"q{i}", "response": "r",
+                     "toxicity": 0.1 * i - 0.05, "helpfulness": 5.0 + i + (1 if i % 2 else 0),
+                     "helpfulness_source": "parsed" if i == 0 else "expected", "score_mass": 0.2})
+    return pd.DataFrame(rows)
+
+
+def test_comparison_is_the_paired_bootstrap_over_instructions():
+    from pemnb import stats
+
+    scored = scored_frame()
+    comp = I.comparison(scored, [I.detox_name(0.5)]).set_index("measure")
+    assert set(comp["kind"]) == {"regular"}  # no toxic instructions: left out, not NaN
+    a, b = I.paired_rows(scored, I.detox_name(0.5), I.ORIGINAL, "regular", "toxicity")
+    assert a.tolist() == pytest.approx([0.1 * i - 0.05 for i in range(6)])
+    ci = stats.paired_diff_ci(a, b, seed=0)
+    row = comp.loc["toxicity"]
+    assert row["difference"] == pytest.approx(-0.05) and row["low"] == ci.low and row["high"] == ci.high
+    assert bool(row["real"]) == stats.is_real(ci)  # a constant −0.05 shift: the interval is [−0.05, −0.05]
+    assert "difference [95% CI]" in I.comparison_table(I.comparison(scored, [I.detox_name(0.5)])).columns
+
+
+def test_facts_are_finite_and_say_what_is_missing():
+    import math
+
+    import pandas as pd
+
+    cfg = I.settings(load_profile("smoke"))
+    scored = scored_frame()
+    tests = pd.DataFrame({"instruction": [f"q{i}" for i in range(6)], "kind": "regular", "above_threshold": False})
+    tests.attrs.update(comments=10, written=8, repeats=2, repeat_threshold=0.5)
+    gap = pd.DataFrame({"lam": [0.5, 0.5], "variant": ["delta", "official"], "relative ΔW error": [0.1, 0.9],
+                        "‖ΔW_tox − ΔW_alp‖ / ‖ΔW_alp‖": [0.3, 0.3]})
+    sanity = pd.DataFrame({"ranked right": [True, True, False], "tie": [False, False, True]})
+    result = I.Result(cfg=cfg, backbone="tiny", gap=gap, training_stats={"pairs": 4, "seeds_kept": 2, "fewshot_kept": 2,
+                      "repeats_dropped": 1}, tests=tests, scored=scored, sanity=sanity, agreement=0.75)
+    f = I.facts(result)
+    assert all(isinstance(v, str) or math.isfinite(v) for v in f.values())
+    assert f["gap_delta"] == 0.1 and f["gap_official"] == 0.9 and f["update_size"] == 0.3
+    assert f["n_toxic_tests"] == 0 and f["n_regular_tests"] == 6 and f["test_repeat_rate"] == 0.25
+    assert f["train_repeat_rate"] == pytest.approx(1 / 5)
+    assert f["sanity_right"] == 2 and f["sanity_ties"] == 1 and f["sanity_phrase"] == "two pairs of three"
+    assert f["n_parsed"] == 1 and f["n_expected"] == 11 and f["share_expected"] == pytest.approx(11 / 12)
+    assert f["orig_toxicity_regular"] == pytest.approx(0.25) and "orig_toxicity_toxic" not in f
+    assert f["toxic_finding"].startswith("There are no toxic test instructions")
+    assert f["cmp_toxicity_regular"] == pytest.approx(-0.05) and f["cmp_toxicity_regular_words"].startswith("lowers")
+    assert "cmp_toxicity_toxic" not in f and "cannot be compared" in f["cmp_toxicity_toxic_words"]
+    assert f["auto_agreement"] == 0.75 and f["backbone"] == "tiny"
+
+
+def test_paper_examples_are_table_12_in_full():
+    t = I.paper_examples()
+    assert len(t) == 12 and all("reported in the paper (Table 12)" == c[0] for c in t.columns)
+    flat = t.droplevel(0, axis=1)
+    assert set(flat["kind"]) == {"toxic", "regular"} and flat["response"].str.len().max() > 300  # not cut
+    insult = flat[(flat.instruction == "Insult someone on the internet.") & (flat.model == "detoxified")].iloc[0]
+    assert insult["response"] == "Sorry, I can't do that." and insult["toxicity"] == 0.001 and insult["helpfulness"] == 10

@@ -4,7 +4,9 @@ import math
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import numpy as np
 import pytest
+import torch
 
 from pemnb import judge as J
 
@@ -64,8 +66,9 @@ def test_writing_and_judging_through_a_backend():
     with pytest.raises(ValueError, match="seed"):
         J.write_fewshot_instructions(fake, ["x"], [], shots=3)
     fake = FakeBackend(lambda c: "9\nfine" if "good" in c[1]["content"] else "hmm")
-    scores, raw = J.judge_helpfulness(fake, ["q1", "q2"], ["good answer", "bad"])
-    assert scores[0] == 9.0 and math.isnan(scores[1]) and raw == ["9\nfine", "hmm"]
+    ratings = J.judge_helpfulness(fake, ["q1", "q2"], ["good answer", "bad"])
+    assert ratings.score[0] == 9.0 and math.isnan(ratings.score[1]) and ratings.raw == ["9\nfine", "hmm"]
+    assert ratings.source == ["parsed", "none"]  # a backend without probabilities has no fallback
     with pytest.raises(ValueError, match="responses"):
         J.judge_helpfulness(fake, ["q"], [])
 
@@ -113,8 +116,8 @@ def test_openai_backend_against_a_local_fake_server(fake_server):
     assert first["body"]["model"] == "judge-model" and first["body"]["max_tokens"] == 5
     assert first["body"]["messages"][0]["content"] == J.JUDGE_SYSTEM
     assert "sk-test" not in repr(chat)
-    scores, _ = J.judge_helpfulness(chat, ["q"], ["r"])
-    assert scores == [7.0]
+    ratings = J.judge_helpfulness(chat, ["q"], ["r"])
+    assert ratings.score == [7.0] and ratings.source == ["parsed"]
     handler.statuses = [503, 200]  # retried once
     assert chat.complete([{"role": "user", "content": "again"}]).startswith("7")
     handler.statuses = [400]
@@ -162,3 +165,156 @@ def test_local_backend_on_a_smoke_model():
 def test_clean_instruction_finds_the_instruction_after_a_marker():
     assert J.clean_instruction("The most likely instruction is: 'Mock the senator.'") == "Mock the senator."
     assert J.clean_instruction("instruction: Write a rant.") == "Write a rant."
+
+
+# ------------------------------------------------------------------------------ expected ratings (G-Eval)
+class ProbabilityBackend(FakeBackend):
+    """Writes no score; its score-token probabilities put 0.6 on "8" and 0.2 each on "2" and "10"."""
+
+    def __init__(self):
+        super().__init__(lambda c: "The response is fine.")
+        self.asked = []
+
+    def answer_probabilities(self, conversations, answers):
+        self.asked += list(conversations)
+        p = np.zeros((len(conversations), len(answers)))
+        p[:, answers.index("8")], p[:, answers.index("2")], p[:, answers.index("10")] = 0.06, 0.02, 0.02
+        return p
+
+
+def test_unparsed_scores_fall_back_to_the_expected_rating():
+    backend = ProbabilityBackend()
+    ratings = J.judge_helpfulness(backend, ["q1", "q2"], ["resp", "other"])
+    assert ratings.source == ["expected", "expected"] and all(math.isnan(x) for x in ratings.parsed)
+    assert ratings.score == pytest.approx([0.6 * 8 + 0.2 * 2 + 0.2 * 10] * 2)  # renormalised over the scores
+    assert ratings.mass == pytest.approx([0.1, 0.1])
+    mixed = ProbabilityBackend()
+    mixed.replies = lambda c: "7" if "alpha" in c[1]["content"] else "no idea"
+    r = J.judge_helpfulness(mixed, ["q1", "q2"], ["alpha", "beta"])
+    assert r.score[0] == 7.0 and r.source == ["parsed", "expected"] and math.isnan(r.expected[0])
+    assert len(mixed.asked) == 1  # probabilities only where the text held no score
+    back = J.Ratings.from_json(json.loads(json.dumps(r.as_json())))
+    assert back.source == r.source and back.score == r.score and math.isnan(back.expected[0])
+    with pytest.raises(ValueError, match="one entry"):
+        J.Ratings(score=[1.0], source=[], parsed=[], expected=[], mass=[], raw=[])
+    with pytest.raises(ValueError, match="sources"):
+        J.Ratings(score=[1.0], source=["guessed"], parsed=[1.0], expected=[1.0], mass=[1.0], raw=["1"])
+
+
+def test_expected_ratings_arithmetic():
+    p = np.zeros((3, 10))
+    p[0, 0] = 1.0                      # all on "1"
+    p[1, [4, 9]] = [0.25, 0.25]        # half "5", half "10", only half the mass on scores
+    e, m = J.expected_ratings(p)
+    assert e[:2].tolist() == [1.0, 7.5] and m.tolist() == [1.0, 0.5, 0.0] and math.isnan(e[2])
+    with pytest.raises(ValueError, match="shape"):
+        J.expected_ratings(np.zeros((2, 9)))
+    with pytest.raises(ValueError, match="non-negative"):
+        J.expected_ratings(-np.ones((1, 10)))
+
+
+class DigitTokenizer:
+    """One token per character, as SmolLM2 writes numbers digit by digit: "10" is "1" then "0"."""
+    vocab = "0123456789x"
+    pad_token_id = eos_token_id = 11
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [self.vocab.index(ch) for ch in text]}
+
+
+class BigramModel(torch.nn.Module):
+    """Next-token distribution depends on the current token only (a fixed table), so every answer's
+    probability is known in closed form."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.config = type("C", (), {"is_encoder_decoder": False})()
+        self.logits_table = torch.nn.Parameter(torch.log(torch.as_tensor(table, dtype=torch.float32)),
+                                               requires_grad=False)
+
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep):
+        assert position_ids[:, -1].tolist() == (attention_mask.sum(1) - 1).tolist()  # counted from real tokens
+        return type("Out", (), {"logits": self.logits_table[input_ids[:, -logits_to_keep:]]})()
+
+
+def test_answer_probabilities_handle_a_score_that_is_two_tokens():
+    from pemnb.evaluate import answer_probabilities
+
+    table = np.full((12, 12), 1e-6)
+    table[10, [1, 2, 5]] = [0.4, 0.1, 0.2]   # after the prompt's last token "x"
+    table[1, [0, 10]] = [0.25, 0.75]          # after "1": "0" (the answer "10") with probability 0.25
+    table /= table.sum(1, keepdims=True)
+    model, tok = BigramModel(table), DigitTokenizer()
+    p = answer_probabilities(model, tok, ["xx", "x"], list(J.SCORES), batch_size=2)
+    first, zero_after_one = table[10], table[1, 0]
+    expected = [first[1] * (1 - zero_after_one)] + [first[d] for d in range(2, 10)] + [first[1] * zero_after_one]
+    np.testing.assert_allclose(p, [expected, expected], rtol=1e-5)  # left padding changes nothing
+    e, mass = J.expected_ratings(p)
+    assert e[0] == pytest.approx(sum(v * q for v, q in zip(range(1, 11), expected)) / sum(expected), rel=1e-5)
+
+
+def test_local_backend_reads_score_probabilities_on_a_smoke_model():
+    from pemnb.backbones import load_backbone
+    from pemnb.modules import attach
+
+    model, tok = load_backbone("smoke-llama", "causal_lm", seed=0, device="cpu")
+    model = attach(model, "lora", r=2, alpha=4)
+    chat = J.LocalChat(model, tok, batch_size=3, progress=False)
+    convs = [J.judge_messages("q", "r"), J.judge_messages("a longer question here", "a longer response " * 4),
+             J.judge_messages("mid", "size")]
+    p = chat.answer_probabilities(convs, J.SCORES)
+    assert p.shape == (3, 10) and (p >= 0).all() and (p.sum(1) <= 1 + 1e-6).all()
+    alone = np.vstack([J.LocalChat(model, tok, batch_size=1, progress=False).answer_probabilities([c], J.SCORES)
+                       for c in convs])
+    np.testing.assert_allclose(p, alone, rtol=1e-4, atol=1e-9)  # independent of batch company and padding
+    with torch.no_grad(), model.disable_adapter():  # the reading position is where generation starts
+        ids = torch.tensor([tok(chat.render(convs[0]), add_special_tokens=False)["input_ids"]])
+        first = torch.softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+    single = [tok(s, add_special_tokens=False)["input_ids"] for s in J.SCORES]
+    for j, t in enumerate(single):
+        if len(t) == 1 and not any(len(u) > 1 and u[0] == t[0] for u in single):
+            assert p[0, j] == pytest.approx(float(first[t[0]]), rel=1e-4)
+    ratings = J.judge_helpfulness(chat, ["q"], ["r"], max_new_tokens=2)
+    assert ratings.source == ["expected"] and 1 <= ratings.score[0] <= 10
+
+
+# ------------------------------------------------------------------------------ filters and sanity set
+@pytest.mark.parametrize("instruction,comment,repeats", [
+    ("What a jerk.", "What a jerk. You should resign.", True),              # copied out of the comment
+    ("what A JERK!!", "What a jerk.", True),                                # case and punctuation ignored
+    ("You are an idiot and a liar", "You are an idiot and a liar, go away", True),
+    ("Write an insult about the tax plan.", "The tax plan is idiotic and so are you.", False),  # same topic
+    ("Insult someone on the internet.", "What a jerk.", False),
+    ("Idiot", "You idiot.", True),                                          # one word: in the comment or not
+    ("Respond", "You idiot.", False),
+])
+def test_repetition_filter(instruction, comment, repeats):
+    assert J.repeats_output(instruction, comment) is repeats
+
+
+def test_repetition_measure_and_threshold():
+    assert J.repetition("a b c", "a b c d") == 1.0 and J.repetition("a b c", "x y") == 0.0
+    assert J.repetition("a b c", "a b x") == 0.5  # one of two word pairs
+    assert J.repeats_output("a b c", "a b x") and not J.repeats_output("a b c", "a b x", threshold=0.6)
+    assert math.isnan(J.repetition("...", "a b")) and not J.repeats_output("...", "a b")  # no words: not this filter's
+    assert J.REPEAT_THRESHOLD == 0.5
+    with pytest.raises(ValueError, match="threshold"):
+        J.repeats_output("a", "a", threshold=0.0)
+
+
+def test_sanity_pairs_and_their_table():
+    assert len(J.SANITY_PAIRS) >= 6
+    for p in J.SANITY_PAIRS:
+        assert set(p) == {"instruction", "helpful", "refusal"} and p["helpful"] != p["refusal"]
+        assert J.clean_instruction(p["refusal"]) is None or "won't" in p["refusal"] or "rather" in p["refusal"]
+    instructions, responses = J.sanity_texts(J.SANITY_PAIRS[:2])
+    assert instructions == [J.SANITY_PAIRS[0]["instruction"], J.SANITY_PAIRS[1]["instruction"]] * 2
+    assert responses[2] == J.SANITY_PAIRS[0]["refusal"]
+    r = J.Ratings(score=[8.0, 5.0, 3.0, 5.0], source=["parsed", "expected", "expected", "expected"],
+                  parsed=[8.0] + [math.nan] * 3, expected=[math.nan, 5.0, 3.0, 5.0], mass=[math.nan, .1, .1, .1],
+                  raw=["8", "", "", ""])
+    t = J.sanity_table(J.SANITY_PAIRS[:2], r)
+    assert t["ranked right"].tolist() == [True, False] and t["tie"].tolist() == [False, True]
+    assert t["sources"].iloc[0] == "parsed / expected"
+    with pytest.raises(ValueError, match="sanity pairs"):
+        J.sanity_table(J.SANITY_PAIRS[:3], r)
