@@ -6,12 +6,21 @@ meant to act like λΔW₁ + (1−λ)ΔW₂. This module runs them all on the sa
 - the pairs are the LoRA modules of chapter 01 (s0 and s1 of a GLUE task, MiniLM with a classification
   head) and of chapter 02 (MNLI and RTE, SmolLM2 answering in words), fetched through those chapters'
   own functions and settings, so the cache hands back what those chapters trained;
-- every method is swept over λ on the live model with :func:`pemnb.sweep.sweep` (LoRA results written
-  in place, dense results added to the base weights and taken off again);
+- every registered method (but those whose update another one's equals, e.g. ``cat``) is swept over λ
+  on the live model with :func:`pemnb.sweep.sweep` (LoRA results of rank r written in place; dense
+  results, and LoRA results of another rank as their ΔW, added to the base weights and taken off again);
 - the composed ΔW is compared with the exact λΔW₁ + (1−λ)ΔW₂ (relative Frobenius error: the paper's
-  cross terms, SVD truncation, TIES trimming, DARE's random drops);
+  cross terms, SVD truncation, TIES trimming, DARE's random drops, KnOTS', TSV-M's and Iso-C's changes);
+- under the paper's other operators: merge(θ, ⊖θ), merge(θ₁, ⊖θ₂) (evaluated where the modules carry
+  no head) and an analogy of three modules (:func:`operator_rows`);
 - cost: composition time, rank, size, and whether the result fits the live rank-r adapter;
-- :func:`recommend` turns the measured numbers into a choice by a rule stated in its docstring.
+- bootstrap intervals over the evaluation rows from the per-row predictions (:func:`intervals`);
+- :func:`recommend` turns the measured numbers into a choice by a rule stated in its docstring, and
+  :func:`facts` gives every number the page's prose quotes.
+
+Which methods exist, their display names, and which settings feed their parameters come from the
+registry (:data:`pemnb.merge_methods.METHODS`): a new registered method is swept, costed, keyed and shown
+here without a change to this module.
 """
 from __future__ import annotations
 
@@ -26,8 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import arithmetic as A
-from . import merge_methods as MM
+from . import arithmetic, merge_methods, stats, wording
 from .cache import TRAINING_CODE, Cache, state_fingerprint
 from .profiles import Profile
 from .settings import ChapterSettings
@@ -37,12 +45,12 @@ CHAPTER = "merge_methods"
 CODE = TRAINING_CODE + ("pemnb.merge_chapter", "pemnb.merge_methods", "pemnb.sweep", "pemnb.evaluate",
                         "pemnb.arithmetic")
 
-# The methods swept on the live model. `cat` is not swept: its ΔW is task_arith's exactly (a tested
-# identity), it only needs an adapter of rank 2r to hold it; it is in the ΔW and cost comparisons.
-SWEPT = ("paper", "linear", "svd", "task_arith", "ties", "dare")
-ALL_METHODS = ("paper", "linear", "cat", "svd", "task_arith", "ties", "dare")
-NAMES = {"paper": "paper (A, B added)", "linear": "peft linear", "cat": "cat (rank 2r)", "svd": "SVD (rank r)",
-         "task_arith": "task arithmetic (ΔW)", "ties": "TIES", "dare": "DARE"}
+# Every registered method, in registration order; the swept ones leave out a method whose update equals
+# another's exactly (`cat`'s is task_arith's, a tested identity: it only needs an adapter of rank 2r to
+# hold it; it stays in the ΔW and cost comparisons).
+ALL_METHODS = tuple(merge_methods.METHODS)
+SWEPT = tuple(m for m, meth in merge_methods.METHODS.items() if meth.same_update_as is None)
+NAMES = {m: meth.display for m, meth in merge_methods.METHODS.items()}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -116,29 +124,40 @@ def settings(profile: Profile, **overrides: Any) -> Settings:
 
 # ------------------------------------------------------------------------------------------ compose
 def method_kwargs(method: str, settings: Settings, scaling: float) -> dict[str, Any]:
-    """The keyword arguments `method` takes at these settings (scaling α/r, TIES density, DARE rate)."""
-    if method not in MM.METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {sorted(MM.METHODS)}")
-    if method in ("paper", "linear", "cat"):
-        return {}
-    kw: dict[str, Any] = {"scaling": float(scaling)}
-    if method == "ties":
-        kw["density"] = float(settings.ties_density)
-    elif method == "dare":
-        kw.update(drop_rate=float(settings.dare_drop_rate), seed=int(settings.dare_seed))
-    return kw
+    """The keyword arguments `method` takes at these settings, as its registration declares them (the
+    live adapter's scaling α/r, and each parameter fed by a settings field, e.g. TIES' density)."""
+    if method not in merge_methods.METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(merge_methods.METHODS)}")
+    return merge_methods.METHODS[method].kwargs(settings, scaling)
+
+
+def method_settings(methods: Sequence[str] = ALL_METHODS) -> tuple[str, ...]:
+    """The settings fields the registered `methods` read (what their results depend on)."""
+    fields = [p.setting for m in methods for p in merge_methods.METHODS[m].params
+              if p.setting not in (None, merge_methods.ADAPTER)]
+    return tuple(dict.fromkeys(fields))
 
 
 def compose_pair(method: str, theta1, theta2, lam: float, settings: Settings, scaling: float):
     """method(θ₁, θ₂) with weights (λ, 1−λ): a LoRA state or a DenseDelta."""
-    return MM.compose(method, [theta1, theta2], [lam, 1.0 - lam], **method_kwargs(method, settings, scaling))
+    return merge_methods.compose(method, [theta1, theta2], [lam, 1.0 - lam], **method_kwargs(method, settings, scaling))
+
+
+def on_live_adapter(composed, rank: int, scaling: float):
+    """What the live rank-r adapter is given for a composition result: a LoRA state of rank r as it is
+    (written in place); a LoRA state of another rank (cat, KnOTS, TSV-M, Iso-C: rank 2r) as its dense
+    ΔW = s·B·A on the base weights — exactly what an adapter of that rank computes (tested), without
+    building one per λ; a DenseDelta as it is."""
+    if isinstance(composed, merge_methods.DenseDelta) or merge_methods.rank_of(composed) == rank:
+        return composed
+    return merge_methods.dense(composed, scaling)
 
 
 def composed_delta(composed, scaling: float) -> dict[str, torch.Tensor]:
     """{layer: ΔW} of a composition result (LoRA factors multiplied out, or a DenseDelta's layers)."""
-    if isinstance(composed, MM.DenseDelta):
+    if isinstance(composed, merge_methods.DenseDelta):
         return {t: dw.float() for t, dw in composed.layers.items()}
-    return A.delta_weights(composed, scaling)
+    return arithmetic.delta_weights(composed, scaling)
 
 
 def delta_error(method: str, theta1, theta2, lam: float, settings: Settings, scaling: float) -> float:
@@ -146,10 +165,18 @@ def delta_error(method: str, theta1, theta2, lam: float, settings: Settings, sca
 
     For 'paper' this is :func:`pemnb.arithmetic.cross_term_error`: the weight of the cross terms.
     """
-    d1, d2 = A.delta_weights(theta1, scaling), A.delta_weights(theta2, scaling)
-    exact = {t: lam * d1[t] + (1 - lam) * d2[t] for t in d1}
-    return A.relative_error(composed_delta(compose_pair(method, theta1, theta2, lam, settings, scaling), scaling),
-                            exact)
+    return composition_error(method, [theta1, theta2], [lam, 1.0 - lam], settings, scaling)
+
+
+def composition_error(method: str, states: Sequence, weights: Sequence[float], settings: Settings,
+                      scaling: float) -> float:
+    """‖ΔW_method(states, weights) − Σ wᵢΔWᵢ‖_F / ‖Σ wᵢΔWᵢ‖_F over all layers together (the ΔWᵢ of the
+    states as given: a negated module ⊖θ counts with its update −ΔW)."""
+    deltas = [arithmetic.delta_weights(s, scaling) for s in states]
+    exact = {t: sum(w * d[t] for w, d in zip(weights, deltas)) for t in deltas[0]}
+    got = composed_delta(merge_methods.compose(method, list(states), list(weights),
+                                               **method_kwargs(method, settings, scaling)), scaling)
+    return arithmetic.relative_error(got, exact)
 
 
 def factor_difference(theta1, theta2, factor: str = "A") -> float:
@@ -157,7 +184,7 @@ def factor_difference(theta1, theta2, factor: str = "A") -> float:
     factors are apart. With A₁ = A₂ the paper's addition is exactly the weighted sum of the updates."""
     if factor not in ("A", "B"):
         raise ValueError(f"factor must be 'A' or 'B', got {factor!r}")
-    p1, p2 = A.lora_pairs(theta1), A.lora_pairs(theta2)
+    p1, p2 = arithmetic.lora_pairs(theta1), arithmetic.lora_pairs(theta2)
     i = 0 if factor == "A" else 1
     num = sum(float((p1[t][i].double() - p2[t][i].double()).pow(2).sum()) for t in p1)
     den = sum(float(((p1[t][i].double() + p2[t][i].double()) / 2).pow(2).sum()) for t in p1)
@@ -177,7 +204,11 @@ def delta_error_rows(theta1, theta2, grid: Iterable[float], settings: Settings, 
 class Scenario:
     """A pair of trained LoRA modules on a live model, with the evaluation that scores a composition.
 
-    evaluate(model) → {metric: value}; `score` names the metric the chapter ranks by (higher is better).
+    evaluate(model) → {metric: value, …, "predictions": per-row predictions}; `score` names the metric the
+    chapter ranks by (higher is better). `labels` and `groups` are the evaluation rows' labels and
+    groups (chapter 02's pair: which task a row belongs to), aligned with the predictions, so a score's
+    bootstrap interval needs no further forward pass (:func:`score_statistic`). `third`: a third module
+    of the same model for the analogy check (chapter 01's fullset module), or None.
     """
 
     name: str
@@ -186,28 +217,34 @@ class Scenario:
     theta1: dict
     theta2: dict
     scaling: float
-    evaluate: Callable[[Any], Mapping[str, float]]
+    evaluate: Callable[[Any], Mapping[str, Any]]
     score: str
     ends: tuple[str, str]
     key: dict = field(default_factory=dict)
     note: str = ""
+    labels: Sequence = ()
+    groups: Sequence = ()
+    metric: str = "accuracy"
+    third: dict | None = None
+    group_names: tuple[str, ...] = ("all rows",)
 
     @property
     def rank(self) -> int:
-        return MM.rank_of(self.theta1)
+        return merge_methods.rank_of(self.theta1)
 
 
-def _classifier_metrics(model, batches, task: str) -> dict[str, float]:
+def _classifier_metrics(model, batches, task: str) -> dict[str, Any]:
     from .evaluate import classify
 
-    return classify(model, batches, task)
+    return classify(model, batches, task, with_predictions=True)
 
 
 def distribution_scenarios(profile: Profile, settings: Settings, *, progress: bool = True):
     """Chapter 01's LoRA pairs (s0, s1) for the tasks in ``settings.distribution_tasks``, one at a time.
 
     The modules come from :func:`pemnb.distribution.train_modules` with chapter 01's settings at this
-    profile (a cache hit when chapter 01 ran first); scored on chapter 01's evaluation part.
+    profile (a cache hit when chapter 01 ran first); scored on chapter 01's evaluation part. The fullset
+    module is the third module of the analogy check.
     """
     from . import distribution as D
     from .cache import fingerprint
@@ -230,16 +267,23 @@ def distribution_scenarios(profile: Profile, settings: Settings, *, progress: bo
             evaluate=functools.partial(_classifier_metrics, batches=batches, task=td.name), score=metric,
             ends=("s1 alone", "s0 alone"),
             key={"task": task, "encoder": bench.profile.encoder, "eval": fingerprint(td.evalset),
-                 "theta1": state_fingerprint(mods["s0"]), "theta2": state_fingerprint(mods["s1"])},
-            note=f"{bench.profile.encoder}, {len(td.evalset)} evaluation rows, {metric}")
+                 "theta1": state_fingerprint(mods["s0"]), "theta2": state_fingerprint(mods["s1"]),
+                 "third": state_fingerprint(mods["fullset"])},
+            note=f"{bench.profile.encoder}, {len(td.evalset)} evaluation rows, {metric}",
+            labels=np.asarray(batches.labels).tolist(), groups=[0] * len(batches.labels), metric=metric,
+            third=mods["fullset"])
 
 
-def _answer_accuracy(model, tokenizer, evalsets, batch_size: int) -> dict[str, float]:
+def _answer_accuracy(model, tokenizer, evalsets, batch_size: int) -> dict[str, Any]:
     from .evaluate import constrained_scores  # chapter 02's scorer: the answer beam search would pick
 
-    out = {t: float((constrained_scores(model, tokenizer, es.prompts, es.choices, batch_size).argmax(1)
-                     == es.labels).mean()) for t, es in evalsets.items()}
+    out, predictions = {}, []
+    for t, es in evalsets.items():
+        pred = constrained_scores(model, tokenizer, es.prompts, es.choices, batch_size).argmax(1)
+        out[t] = float((pred == es.labels).mean())
+        predictions += [int(x) for x in pred]
     out["mean"] = float(np.mean(list(out.values())))
+    out["predictions"] = predictions  # the tasks' rows one after the other, as Scenario.labels
     return out
 
 
@@ -253,8 +297,7 @@ def multitask_scenario(profile: Profile, settings: Settings, *, progress: bool =
     tasks = {t: MT.load_task(t, ms, seed=profile.seed) for t in MT.TASKS}
     bench = MT.make_bench(profile, "lora", ms, cache=Cache(), progress=progress)
     fmt = MT.prompt_format(bench, ms)
-    examples = {t: MT.training_examples(bench, t, d.train, fmt) for t, d in tasks.items()}
-    modules = MT.train_task_modules(bench, examples, ms.hparams)
+    modules, _ = MT.task_modules(bench, tasks, fmt, ms)
     n = settings.multitask_eval_rows
     evalsets = {t: MT.EvalSet(t, d.eval if n is None else d.eval.select(range(min(n, len(d.eval)))), fmt,
                               bench.tokenizer) for t, d in tasks.items()}
@@ -267,33 +310,86 @@ def multitask_scenario(profile: Profile, settings: Settings, *, progress: bool =
         key={"backbone": ms.backbone, "eval": {t: es.fingerprint for t, es in evalsets.items()},
              "theta1": state_fingerprint(modules["mnli"]), "theta2": state_fingerprint(modules["rte"])},
         note=f"{ms.backbone}, {' + '.join(f'{len(es)} {t.upper()}' for t, es in evalsets.items())} "
-             "evaluation rows, mean accuracy")
+             "evaluation rows, mean accuracy",
+        labels=[int(y) for es in evalsets.values() for y in es.labels],
+        groups=[i for i, es in enumerate(evalsets.values()) for _ in range(len(es))], metric="accuracy",
+        group_names=tuple(t.upper() for t in evalsets))
 
 
 # ------------------------------------------------------------------------------------------ sweeps
 def method_sweep(scenario: Scenario, settings: Settings, methods: Sequence[str] = SWEPT, *,
                  progress: bool = True) -> list[dict]:
-    """Rows {scenario, method, lam, metrics…, score, compose_s, eval_s}: every method swept over λ on
-    the scenario's live model with :func:`pemnb.sweep.sweep` (the model's module is restored after)."""
+    """Rows {scenario, method, lam, metrics…, predictions, score, compose_s, eval_s}: every method swept
+    over λ on the scenario's live model with :func:`pemnb.sweep.sweep` (the model's module is restored
+    after; a result of another rank is applied as its ΔW, :func:`on_live_adapter`)."""
     from .sweep import in_place, restored, sweep
 
     rows = []
     with restored(scenario.model) as writer:
         score = in_place(scenario.model, scenario.evaluate, writer)
         for m in methods:
-            # ΔWᵢ, TIES' trims and DARE's masks do not depend on λ: computed once per method, not per point.
-            at = MM.prepare(m, [scenario.theta1, scenario.theta2], **method_kwargs(m, settings, scenario.scaling))
-            compose = functools.partial(_compose_prepared, at)
+            # What does not depend on λ (ΔWᵢ, TIES' trims, DARE's masks, KnOTS' and TSV-M's SVDs) is
+            # computed once per method, not per point.
+            at = merge_methods.prepare(m, [scenario.theta1, scenario.theta2],
+                                       **method_kwargs(m, settings, scenario.scaling))
+            compose = functools.partial(_compose_prepared, at, scenario.rank, scenario.scaling)
             for r in sweep(compose, settings.lam_grid, score, progress=progress, desc=f"{scenario.name} · {m}",
                            timings=True):
                 rows.append({"scenario": scenario.name, "method": m, **r, "score": float(r[scenario.score])})
     return rows
 
 
-def _compose_prepared(at, lam):
-    return at([lam, 1.0 - lam])  # equals compose_pair(method, θ₁, θ₂, λ, …) bit for bit (tested)
+def _compose_prepared(at, rank, scaling, lam):
+    # at([λ, 1−λ]) equals compose_pair(method, θ₁, θ₂, λ, …) bit for bit (tested)
+    return on_live_adapter(at([lam, 1.0 - lam]), rank, scaling)
 
 
+# ------------------------------------------------------------------------------- negation and analogy
+def negated(state) -> dict:
+    """⊖θ as chapter 04's analogy (the official analogy.py) negates a LoRA module: B ← −B, so ΔW → −ΔW."""
+    return arithmetic.negate(state, "lora", factor="B")
+
+
+def operator_rows(scenario: Scenario, settings: Settings, methods: Sequence[str] = SWEPT, *,
+                  evaluate: bool = True) -> list[dict]:
+    """How each method's merge behaves under the paper's other two operators, on the scenario's modules.
+
+    - ``cancel``: merge(θ₁, ⊖θ₁) with weights (1, 1), whose exact update is zero: ‖ΔW‖ / ‖ΔW₁‖;
+    - ``subtract``: merge(θ₁, ⊖θ₂) with weights (1, 1) against ΔW₁ − ΔW₂ (relative error); with
+      `evaluate`, and when the modules carry no head (a head would be summed, not negated), also its
+      metrics and per-row predictions on the live model: does it remove what θ₂ taught?
+    - ``analogy`` (when the scenario has a third module θ₃): merge(θ₃, θ₂, ⊖θ₁) with weights
+      (½, ½, ½) — the form of chapter 04's analogy λθ₃ ⊕ (1−λ)(θ₂ ⊖ θ₁) at λ = ½ — against its exact update.
+    Rows {scenario, method, check, error, and for evaluated rows metrics…, predictions}.
+    """
+    from .sweep import apply_and_evaluate, restored
+
+    t1, t2 = scenario.theta1, scenario.theta2
+    has_head = any(arithmetic.role(k) == "other" for k in t1)
+    rows = []
+    with restored(scenario.model) as writer:
+        for m in methods:
+            kw = method_kwargs(m, settings, scenario.scaling)
+            d1 = arithmetic.delta_weights(t1, scenario.scaling)
+            gone = composed_delta(merge_methods.compose(m, [t1, negated(t1)], [1.0, 1.0], **kw), scenario.scaling)
+            rows.append({"scenario": scenario.name, "method": m, "check": "cancel",
+                         "error": arithmetic.norms(gone) / arithmetic.norms(d1)})
+            row = {"scenario": scenario.name, "method": m, "check": "subtract",
+                   "error": composition_error(m, [t1, negated(t2)], [1.0, 1.0], settings, scenario.scaling)}
+            if evaluate and not has_head:
+                composed = merge_methods.compose(m, [t1, negated(t2)], [1.0, 1.0], **kw)
+                row.update(apply_and_evaluate(scenario.model, on_live_adapter(composed, scenario.rank,
+                                                                              scenario.scaling),
+                                              scenario.evaluate, writer=writer))
+            rows.append(row)
+            if scenario.third is not None:
+                rows.append({"scenario": scenario.name, "method": m, "check": "analogy",
+                             "error": composition_error(m, [scenario.third, t2, negated(t1)], [0.5, 0.5, 0.5],
+                                                        settings, scenario.scaling)})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ cost
 def numerical_rank(matrix: torch.Tensor) -> int:
     """Rank of a matrix up to its own dtype's precision: singular values above ``max(shape)·eps·σ_max``
     (float32 ΔW products carry float32 rounding, which a float64 rank would count)."""
@@ -314,7 +410,7 @@ def _median_s(fn: Callable[[], Any], repeat: int) -> float:
 
 def _nbytes(composed) -> int:
     tensors = (list(composed.layers.values()) + list(composed.extras.values())
-               if isinstance(composed, MM.DenseDelta) else list(composed.values()))
+               if isinstance(composed, merge_methods.DenseDelta) else list(composed.values()))
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -323,9 +419,9 @@ def cost_rows(scenario: Scenario, settings: Settings, methods: Sequence[str] = A
 
     compose_ms: median time of the composition alone. apply_ms: putting the result into the live model
     and taking it off again without evaluating (write the state; or add ΔW to the base weights and
-    restore them); NaN for `cat`, whose rank-2r result needs a new adapter. size_mib: the composed
-    module's tensors. rank: of a LoRA result (the number of rows of A); for a dense ΔW the largest
-    numerical rank over the layers.
+    restore them — also for a LoRA result of another rank, as the sweep applies it). size_mib: the
+    composed module's tensors. rank: of a LoRA result (the number of rows of A); for a dense ΔW the
+    largest numerical rank over the layers.
     """
     from .sweep import StateWriter, delta_applied
 
@@ -338,54 +434,63 @@ def cost_rows(scenario: Scenario, settings: Settings, methods: Sequence[str] = A
         for m in methods:
             fn = functools.partial(compose_pair, m, scenario.theta1, scenario.theta2, 0.5, settings, scenario.scaling)
             composed = fn()
-            dense = isinstance(composed, MM.DenseDelta)
-            if dense:
+            is_dense = isinstance(composed, merge_methods.DenseDelta)
+            if is_dense:
                 rank = max(numerical_rank(dw) for dw in composed.layers.values())
             else:
-                rank = MM.rank_of(composed)
-            fits = (not dense) and rank == r
-            if dense:
-                def apply(c=composed):
-                    with delta_applied(scenario.model, c):
-                        pass
-            elif fits:
+                rank = merge_methods.rank_of(composed)
+            fits = (not is_dense) and rank == r
+            if fits:
                 apply = functools.partial(writer, composed)
             else:
-                apply = None
-            rows.append({"scenario": scenario.name, "method": m, "returns": "dense ΔW" if dense else "LoRA",
+                def apply(c=on_live_adapter(composed, r, scenario.scaling)):
+                    with delta_applied(scenario.model, c):
+                        pass
+            rows.append({"scenario": scenario.name, "method": m, "returns": "dense ΔW" if is_dense else "LoRA",
                          "rank": rank, "fits_live_adapter": bool(fits), "size_mib": _nbytes(composed) / 2 ** 20,
-                         "compose_ms": 1e3 * _median_s(fn, repeat),
-                         "apply_ms": 1e3 * _median_s(apply, repeat) if apply else float("nan")})
+                         "compose_ms": 1e3 * _median_s(fn, repeat), "apply_ms": 1e3 * _median_s(apply, repeat)})
     finally:
         writer.restore(before)
     return rows
 
 
+# ------------------------------------------------------------------------------------------ the chapter
 @dataclass
 class ChapterResult:
-    sweep: pd.DataFrame
-    errors: pd.DataFrame
-    costs: pd.DataFrame
-    scenarios: pd.DataFrame
+    sweep: pd.DataFrame          # one row per scenario, method and λ (with each row's predictions)
+    errors: pd.DataFrame         # ΔW error against the exact weighted sum, per scenario, method and λ
+    costs: pd.DataFrame          # rank, size and time per scenario and method, at λ = 0.5
+    scenarios: pd.DataFrame      # the pairs, indexed by scenario
+    operators: pd.DataFrame = field(default_factory=pd.DataFrame)  # negation and analogy checks
+    rows: dict = field(default_factory=dict)  # per scenario: {labels, groups, metric} of its evaluation rows
     seconds: float = 0.0
+    tolerance: float = 0.0       # recommend()'s, from the settings
+
+    @functools.cached_property
+    def score_intervals(self) -> pd.DataFrame:
+        """:func:`intervals` of this result (computed once)."""
+        return intervals(self)
 
 
 def run_scenario(scenario: Scenario, settings: Settings, *, cache: Cache | None = None,
                  progress: bool = True) -> dict:
-    """Sweep rows, ΔW-error rows and cost rows of one scenario; cached by the modules' and evaluation
-    data's fingerprints, the grid, the method settings and this code."""
+    """Sweep rows, ΔW-error rows, operator rows and cost rows of one scenario; cached by the modules'
+    and evaluation data's fingerprints, the methods, the settings they read (as registered), the grid
+    and this code."""
     cache = cache if cache is not None else Cache(namespace="results", code_modules=CODE)
-    keys = ("lam_grid", "ties_density", "dare_drop_rate", "dare_seed", "cost_repeat")
+    keys = ("lam_grid", "cost_repeat", *method_settings())
     parts = {"what": "merge-methods-scenario", "scenario": scenario.name, **scenario.key,
-             **{k: v for k, v in settings.as_dict().items() if k in keys}}
+             "methods": list(ALL_METHODS), **{k: v for k, v in settings.as_dict().items() if k in keys}}
 
     def compute() -> dict:
         t0 = time.perf_counter()
         sweep_rows = method_sweep(scenario, settings, progress=progress)
         errs = delta_error_rows(scenario.theta1, scenario.theta2, settings.lam_grid, settings,
                                 scenario.scaling, scenario=scenario.name)
+        ops = operator_rows(scenario, settings)
         costs = cost_rows(scenario, settings)
-        return {"sweep": sweep_rows, "errors": errs, "costs": costs, "seconds": time.perf_counter() - t0}
+        return {"sweep": sweep_rows, "errors": errs, "operators": ops, "costs": costs,
+                "seconds": time.perf_counter() - t0}
 
     return cache.result(parts, compute)
 
@@ -400,7 +505,7 @@ def run_chapter(profile: Profile, settings: Settings | None = None, *, cache: Ca
 
     settings = settings if settings is not None else Settings.for_profile(profile)
     t0 = time.perf_counter()
-    sweep, errors, costs, info = [], [], [], []
+    sweep, errors, costs, ops, info, rows = [], [], [], [], [], {}
 
     def scenarios():
         yield from distribution_scenarios(profile, settings, progress=progress)
@@ -413,6 +518,9 @@ def run_chapter(profile: Profile, settings: Settings | None = None, *, cache: Ca
             sweep += out["sweep"]
             errors += out["errors"]
             costs += out["costs"]
+            ops += out["operators"]
+            rows[sc.name] = {"labels": list(sc.labels), "groups": list(sc.groups), "metric": sc.metric,
+                             "group_names": list(sc.group_names), "ends": list(sc.ends)}
             info.append({"scenario": sc.name, "from": sc.source, "model and evaluation": sc.note,
                          "LoRA rank r": sc.rank, "scaling α/r": sc.scaling,
                          "‖A₁−A₂‖ / ‖A‖": factor_difference(sc.theta1, sc.theta2, "A"),
@@ -424,7 +532,8 @@ def run_chapter(profile: Profile, settings: Settings | None = None, *, cache: Ca
     if not info:
         raise ValueError("no scenario ran: no chapter 01 task of these settings is available and multitask is off")
     return ChapterResult(pd.DataFrame(sweep), pd.DataFrame(errors), pd.DataFrame(costs),
-                         pd.DataFrame(info).set_index("scenario"), time.perf_counter() - t0)
+                         pd.DataFrame(info).set_index("scenario"), pd.DataFrame(ops), rows,
+                         time.perf_counter() - t0, float(settings.tolerance))
 
 
 # ------------------------------------------------------------------------------------------ summaries
@@ -461,34 +570,232 @@ def recommend(table: pd.DataFrame, tolerance: float, by: str = "score at λ=0.5"
        tuning data); methods without a score (not swept) are left out;
     2. "as good as the best" = quality within `tolerance` of the highest quality;
     3. among those, prefer a result that fits the live rank-r adapter (no new adapter, no dense ΔW kept
-       beside the base weights), then the smaller compose + apply time.
+       beside the base weights), then the smaller rank, then the smaller composed module, then the name
+       — deterministic properties of the method, never a measured time, so the pick does not move with
+       the noise of a clock.
 
     Returns {method, quality, best_method, best_quality, candidates, rule}.
     """
     t = table.dropna(subset=[by])
     if t.empty:
         raise ValueError("no method has a score")
-    best_method = str(t[by].idxmax())
     best = float(t[by].max())
+    best_method = str(t.index[t[by].to_numpy() == best][0])
     cands = t[t[by] >= best - tolerance - 1e-12].copy()
-    cands["_time"] = cands["compose_ms"] + cands["apply_ms"].fillna(np.inf)
-    cands = cands.sort_values(["fits_live_adapter", "_time"], ascending=[False, True])
+    cands["_name"] = cands.index.astype(str)
+    cands = cands.sort_values(["fits_live_adapter", "rank", "size_mib", "_name"], ascending=[False, True, True, True],
+                              kind="mergesort")
     pick = str(cands.index[0])
     return {"method": pick, "quality": float(t.loc[pick, by]), "best_method": best_method, "best_quality": best,
             "candidates": list(map(str, cands.index)), "tolerance": float(tolerance), "by": by,
             "rule": (f"among the methods whose mean {by} is within {tolerance * 100:g} points of the best, "
-                     "take one whose result fits the live rank-r adapter, then the fastest to compose and apply")}
+                     "take one whose result fits the live rank-r adapter, then the smallest rank, then the "
+                     "smallest module, then the first name")}
+
+
+# ------------------------------------------------------------------------------------ intervals
+def score_statistic(metric: str) -> Callable[..., float]:
+    """The statistic a scenario's score is, as a function of (predictions, labels, groups): `metric`
+    within each group of rows, averaged over the groups — the metric itself for one group, the mean
+    accuracy of MNLI and RTE for chapter 02's pair."""
+    return functools.partial(_grouped, stats.metric(metric))
+
+
+def _grouped(fn, predictions, labels, groups) -> float:
+    values = [fn(predictions[groups == g], labels[groups == g]) for g in np.unique(groups)]
+    return float(np.mean(values))
+
+
+def intervals(result: ChapterResult, *, against: str = "paper", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per scenario, method and λ: the score with its bootstrap interval over the evaluation rows
+    (``score_low``, ``score_high``) and the paired difference from `against` at the same λ
+    (``diff``, ``diff_low``, ``diff_high``, ``diff_real``: the interval excludes 0). No forward pass:
+    the per-row predictions of the sweep are resampled (the same draws for every row)."""
+    if "predictions" not in result.sweep:
+        raise ValueError("the sweep rows carry no per-row predictions")
+    out = []
+    for sc, g in result.sweep.groupby("scenario", sort=False):
+        ev = result.rows[sc]
+        labels, groups = np.asarray(ev["labels"]), np.asarray(ev["groups"])
+        statistic = score_statistic(ev["metric"])
+        ref = {float(r["lam"]): np.asarray(r["predictions"]) for _, r in g[g["method"] == against].iterrows()}
+        for _, r in g.iterrows():
+            pred = np.asarray(r["predictions"])
+            ci = stats.bootstrap_ci(pred, labels, groups, statistic=statistic, n_boot=n_boot, seed=seed)
+            row = {"scenario": sc, "method": r["method"], "lam": float(r["lam"]), "score": float(r["score"]),
+                   "score_low": ci.low, "score_high": ci.high}
+            if float(r["lam"]) in ref:
+                d = stats.paired_diff_ci(pred, ref[float(r["lam"])], labels, groups, statistic=statistic,
+                                         n_boot=n_boot, seed=seed)
+                row.update(diff=d.estimate, diff_low=d.low, diff_high=d.high, diff_real=stats.is_real(d))
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def against_paper(ci_rows: pd.DataFrame, lam: float = 0.5) -> pd.DataFrame:
+    """The table of each method against the paper's addition at λ (default ½): per scenario and method
+    the score [interval] and the difference from the paper's [interval], and whether it is real."""
+    half = ci_rows[(ci_rows["lam"] - lam).abs() < 1e-9]
+    return half[["scenario", "method", "score", "score_low", "score_high", "diff", "diff_low", "diff_high",
+                 "diff_real"]].reset_index(drop=True)
+
+
+def subtraction_intervals(result: ChapterResult, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """For the evaluated subtraction rows (merge(θ₁, ⊖θ₂), scenarios without a head): per group of
+    rows (task) the accuracy change from θ₁ alone (the exact methods' λ = 1 point) with its paired
+    interval — does the merge remove what θ₂ taught (its task falls) and keep θ₁'s (its task holds)?"""
+    ops = result.operators
+    if ops.empty or "predictions" not in ops:
+        return pd.DataFrame()
+    out = []
+    for _, r in ops[(ops["check"] == "subtract") & ops["predictions"].notna()].iterrows():
+        sc = r["scenario"]
+        ev = result.rows[sc]
+        labels, groups = np.asarray(ev["labels"]), np.asarray(ev["groups"])
+        alone = result.sweep[(result.sweep["scenario"] == sc) & (result.sweep["method"] == "task_arith")
+                             & ((result.sweep["lam"] - 1.0).abs() < 1e-9)]
+        if alone.empty:
+            continue
+        base = np.asarray(alone.iloc[0]["predictions"])
+        pred = np.asarray(r["predictions"])
+        for g in np.unique(groups):
+            mask = groups == g
+            d = stats.paired_diff_ci(pred[mask], base[mask], labels[mask], statistic=stats.accuracy, n_boot=n_boot,
+                                     seed=seed)
+            out.append({"scenario": sc, "method": r["method"], "rows": f"{ev['group_names'][int(g)]} accuracy",
+                        "group": int(g), "change": d.estimate, "change_low": d.low,
+                        "change_high": d.high, "real": stats.is_real(d)})
+    return pd.DataFrame(out)
+
+
+# ------------------------------------------------------------------------------------------ facts
+def facts(result: ChapterResult, *, n_boot: int = 1000) -> dict[str, Any]:
+    """Every number and result-dependent word the chapter's prose quotes, as one flat mapping (glued in
+    a loop; also the run's facts in ``results/<profile>/06_merge_methods.json``)."""
+    out: dict[str, Any] = {}
+    err = result.errors[(result.errors["lam"] - 0.5).abs() < 1e-9]
+    for m, g in err.groupby("method", sort=False):
+        out[f"err_{m}_max"], out[f"err_{m}_min"] = float(g["error"].max()), float(g["error"].min())
+    for col, name in (("‖A₁−A₂‖ / ‖A‖", "a_diff"), ("‖B₁−B₂‖ / ‖B‖", "b_diff")):
+        out[f"{name}_min"], out[f"{name}_max"] = float(result.scenarios[col].min()), float(result.scenarios[col].max())
+    out["paper_cross_terms"] = wording.grade(out["err_paper_max"], [(0.02, "negligible"), (0.1, "small"),
+                                                                    (0.3, "sizeable")], "large")
+    table = summary(result.sweep, result.costs)
+    for m in table.index:
+        if not np.isnan(table.loc[m, "score at λ=0.5"]):
+            out[f"half_{m}"] = float(table.loc[m, "score at λ=0.5"])
+            out[f"best_{m}"] = float(table.loc[m, "best score"])
+        out[f"rank_{m}"] = int(table.loc[m, "rank"])
+        out[f"compose_{m}"] = float(table.loc[m, "compose_ms"])
+        out[f"apply_{m}"] = float(table.loc[m, "apply_ms"])
+    out["paper_vs_exact"] = out["half_paper"] - out["half_task_arith"]
+    out["size_ratio"] = float(table.loc["task_arith", "size_mib"] / table.loc["paper", "size_mib"])
+    rec = recommend(table, result.tolerance)
+    shown = lambda m: merge_methods.METHODS[m].display  # noqa: E731
+    out.update(rec_method=shown(rec["method"]), rec_quality=rec["quality"], rec_best_method=shown(rec["best_method"]),
+               rec_best_quality=rec["best_quality"], rec_tolerance=rec["tolerance"],
+               rec_candidates=", ".join(shown(m) for m in rec["candidates"]))
+    # each method against the paper's addition at λ = ½, on every pair: how often the difference is real
+    comp = against_paper(result.score_intervals)
+    n_pairs = comp["scenario"].nunique()
+    out["n_pairs"] = int(n_pairs)
+    for m, g in comp[comp["method"] != "paper"].groupby("method", sort=False):
+        up, down = int((g["diff_real"] & (g["diff"] > 0)).sum()), int((g["diff_real"] & (g["diff"] < 0)).sum())
+        out[f"above_paper_{m}"], out[f"below_paper_{m}"] = up, down
+        out[f"vs_paper_{m}"] = (f"above the paper's addition on {wording.count_phrase(up, n_pairs, 'pair')}, "
+                                f"below it on {wording.count_phrase(down, n_pairs, 'pair')}"
+                                if up or down else f"indistinguishable from the paper's addition on "
+                                                   f"{wording.count_phrase(n_pairs, n_pairs, 'pair')}")
+    # negation and analogy
+    ops = result.operators
+    for check in ("cancel", "subtract", "analogy"):
+        part = ops[ops["check"] == check] if not ops.empty else ops
+        for m, g in (part.groupby("method", sort=False) if not part.empty else []):
+            out[f"{check}_{m}"] = float(g["error"].max())
+    exact_cancel = [m for m in SWEPT if f"cancel_{m}" in out and out[f"cancel_{m}"] < 1e-3]
+    out["cancel_exact"] = ", ".join(shown(m) for m in exact_cancel) or "none"
+    out["cancel_inexact"] = ", ".join(shown(m) for m in SWEPT if f"cancel_{m}" in out and m not in exact_cancel) or "none"
+    sub = subtraction_intervals(result, n_boot=n_boot)
+    if not sub.empty:
+        names = result.rows[sub["scenario"].iloc[0]]["group_names"]
+        out["sub_scenario"] = str(sub["scenario"].iloc[0])
+        for m, g in sub.groupby("method", sort=False):
+            for _, r in g.iterrows():
+                key = f"sub_{m}_{'kept' if r['group'] == 0 else 'removed'}"
+                out[key] = float(r["change"])
+                out[key + "_low"], out[key + "_high"] = float(r["change_low"]), float(r["change_high"])
+        removes = [m for m in sub["method"].unique()
+                   if ((sub["method"] == m) & (sub["group"] == 1) & sub["real"] & (sub["change"] < 0)).any()]
+        out["sub_removes"] = wording.count_phrase(len(removes), sub["method"].nunique(), "method")
+        out["sub_removes_list"] = ", ".join(shown(m) for m in removes) or "none"
+        out["sub_task_removed"], out["sub_task_kept"] = names[1], names[0]
+    out["n_rows_min"] = int(min(len(v["labels"]) for v in result.rows.values()))
+    out["n_rows_max"] = int(max(len(v["labels"]) for v in result.rows.values()))
+    out["wall_minutes"] = float(result.scenarios["minutes (when computed)"].sum())
+    for k, v in list(out.items()):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"fact {k} is {v}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ tables
+@presentation
+def against_paper_table(comp: pd.DataFrame) -> pd.DataFrame:
+    """A reader's table of :func:`against_paper`: score and difference (×100) with their intervals."""
+    t = comp.assign(method=comp["method"].map(_shown))
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    return pd.DataFrame({
+        "scenario": t["scenario"], "method": t["method"],
+        "score at λ=0.5 [95% CI]": [f"{pct(s)} [{pct(lo)}, {pct(hi)}]" for s, lo, hi
+                                    in zip(t["score"], t["score_low"], t["score_high"])],
+        "minus paper's [95% CI]": [f"{100 * d:+.1f} [{pct(lo)}, {pct(hi)}]" if m != _shown("paper") else "—"
+                                   for m, d, lo, hi in zip(t["method"], t["diff"], t["diff_low"], t["diff_high"])],
+        "real?": ["—" if m == _shown("paper") else ("yes" if r else "no") for m, r in zip(t["method"], t["diff_real"])],
+    }).set_index(["scenario", "method"])
+
+
+@presentation
+def operator_table(ops: pd.DataFrame) -> pd.DataFrame:
+    """Relative ΔW error of each method under negation and analogy (the worst over the pairs)."""
+    labels = {"cancel": "θ ⊕ ⊖θ: ‖ΔW‖/‖ΔW₁‖ (exact: 0)", "subtract": "θ₁ ⊕ ⊖θ₂ vs ΔW₁ − ΔW₂",
+              "analogy": "½θ₃ ⊕ ½θ₂ ⊕ ½⊖θ₁ vs its exact ΔW"}
+    t = ops.pivot_table(index="method", columns="check", values="error", aggfunc="max", sort=False)
+    t = t[[c for c in labels if c in t.columns]].rename(columns=labels)
+    t.index = [_shown(m) for m in t.index]
+    return t
+
+
+@presentation
+def subtraction_table(sub: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy change (points) of merge(θ₁, ⊖θ₂) from θ₁ alone, per task, with intervals."""
+    if sub.empty:
+        return sub
+    t = sub.assign(method=sub["method"].map(_shown))
+    t["change [95% CI]"] = [f"{100 * c:+.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+                            for c, lo, hi in zip(t["change"], t["change_low"], t["change_high"])]
+    return t.pivot_table(index="method", columns="rows", values="change [95% CI]", aggfunc="first", sort=False)
+
+
+def _shown(method: str) -> str:
+    return NAMES.get(method, method)
 
 
 # ------------------------------------------------------------------------------------------ figures
 @presentation
-def accuracy_figure(sweep: pd.DataFrame, ncols: int = 4):
-    """Score against λ, one panel per scenario, one line per method."""
+def accuracy_figure(sweep: pd.DataFrame, ncols: int = 4, bands: pd.DataFrame | None = None):
+    """Score against λ, one panel per scenario, one line per method; `bands` (rows of :func:`intervals`)
+    shade each line's bootstrap interval."""
     from . import plots
 
-    df = sweep.assign(method=sweep["method"].map(lambda m: NAMES.get(m, m)))
+    df = sweep.drop(columns=["predictions"], errors="ignore")
+    band = None
+    if bands is not None:
+        df = df.merge(bands[["scenario", "method", "lam", "score_low", "score_high"]], on=["scenario", "method", "lam"],
+                      how="left")
+        band = ("score_low", "score_high")
+    df = df.assign(method=df["method"].map(_shown))
     return plots.sweep(df, "score", hue="method", col="scenario", ylabel="score (headline metric)", ncols=ncols,
-                       title="each composition method against λ")
+                       title="each composition method against λ", band=band)
 
 
 @presentation
@@ -496,8 +803,7 @@ def error_figure(errors: pd.DataFrame, ncols: int = 4):
     """Relative ΔW error against λ, one panel per scenario, one line per method (log scale)."""
     from . import plots
 
-    df = errors.assign(method=errors["method"].map(lambda m: NAMES.get(m, m)),
-                       error=errors["error"].clip(lower=1e-8))
+    df = errors.assign(method=errors["method"].map(_shown), error=errors["error"].clip(lower=1e-8))
     return plots.sweep(df, "error", hue="method", col="scenario", ncols=ncols, logy=True,
                        ylabel="‖ΔW − exact‖ / ‖exact‖", title="how far each method's ΔW is from λΔW₁ + (1−λ)ΔW₂")
 
@@ -511,7 +817,7 @@ def cost_figure(table: pd.DataFrame):
 
     from . import plots
 
-    names = [NAMES.get(m, m) for m in table.index]
+    names = [_shown(m) for m in table.index]
     times = pd.concat([pd.DataFrame({"method": names, "step": step, "ms": table[col].fillna(0).to_numpy()})
                        for step, col in (("compose", "compose_ms"), ("apply + remove", "apply_ms"))])
     sizes = pd.DataFrame({"method": names, "size_mib": table["size_mib"].to_numpy(),
