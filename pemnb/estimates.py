@@ -262,6 +262,7 @@ def jobs_02(p: Profile) -> list[Job]:
 
 def jobs_03(p: Profile) -> list[Job]:
     from . import unlearning as U
+    from .train import steps_for_epochs
 
     c = U.settings(p)
     rows = _rows("civil_comments", "test", 600)
@@ -269,7 +270,7 @@ def jobs_03(p: Profile) -> list[Job]:
     backbone = p.decoder
     out = []
     for kind in c.kinds:
-        steps = U.train_steps(TOXIC_COMMENTS, c.epochs[kind], c.batch[kind])
+        steps = steps_for_epochs(TOXIC_COMMENTS, c.epochs[kind], c.batch[kind])
         out.append(Job(f"toxic {kind}", backbone, kind, "causal_lm", steps, c.batch[kind], c.micro_batch,
                        mean, 0, longest, 0, lora_r=p.lora_r))
         lams = len([x for x in c.lam_grid if x > 0]) + 1 + len(c.ablation_lams.get(kind, ()))
@@ -284,6 +285,7 @@ def jobs_03(p: Profile) -> list[Job]:
 
 def jobs_04(p: Profile) -> list[Job]:
     from . import domain_transfer as dt
+    from .train import steps_for_epochs
 
     S = dt.settings(p)
     out = []
@@ -294,11 +296,11 @@ def jobs_04(p: Profile) -> list[Job]:
                 h = S.hparams[backbone][kind]
                 cls_tokens = min(tok, S.max_length)
                 out.append(Job(f"{backbone} {kind} cls({domain})", backbone, kind, "seq2seq",
-                               dt.steps_for(n, h["cls"]["epochs"], S.batch_size), S.batch_size,
+                               steps_for_epochs(n, h["cls"]["epochs"], S.batch_size), S.batch_size,
                                S.micro_batch, cls_tokens, 2, S.max_length, 2, lora_r=S.lora_r))
                 pairs = n * tok // S.chunk
                 out.append(Job(f"{backbone} {kind} LM({domain})", backbone, kind, "seq2seq",
-                               dt.steps_for(pairs, h["lm"]["epochs"], S.batch_size), S.batch_size,
+                               steps_for_epochs(pairs, h["lm"]["epochs"], S.batch_size), S.batch_size,
                                S.micro_batch, S.chunk, S.chunk, S.chunk, S.chunk,
                                lora_r=S.lora_r))
             tests = sum(REVIEW_ROWS[d]["test"] + S.dev_rows for d in S.domains)

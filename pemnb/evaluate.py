@@ -308,10 +308,12 @@ def constrained_generate(model, tokenizer, prompts: Sequence[str], choices: Sequ
 
 # --------------------------------------------------------------------------------------- language
 @torch.no_grad()
-def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int = 512,
-               max_tokens: int | None = None, progress: bool = False) -> float:
-    """Perplexity of `text` with a sliding window (HF's recipe): windows of `max_length` tokens moved by
-    `stride`, each token scored once with up to max_length − stride tokens of context."""
+def window_nlls(model, tokenizer, text: str, max_length: int = 1024, stride: int = 512,
+                max_tokens: int | None = None, progress: bool = False) -> tuple[list[float], list[int]]:
+    """(summed negative log-likelihood, scored tokens) of each window of the sliding-window recipe
+    (HF's): windows of `max_length` tokens moved by `stride`, each token scored once with up to
+    max_length − stride tokens of context. :func:`perplexity` is exp(Σ nll / Σ tokens); the per-window
+    values are the rows a bootstrap interval of a perplexity resamples (no further forward pass)."""
     from .progress import tqdm
 
     if stride <= 0 or stride > max_length:
@@ -324,7 +326,7 @@ def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int 
     n = ids.shape[1]
     if n < 2:
         raise ValueError("text is too short to score")
-    nll, count, prev_end = 0.0, 0, 0
+    nlls, counts, prev_end = [], [], 0
     for begin in tqdm(range(0, n, stride), desc="perplexity", disable=not progress):
         end = min(begin + max_length, n)
         trg = end - prev_end
@@ -333,32 +335,53 @@ def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int 
         labels[:, :-trg] = -100
         out = model(input_ids=chunk, labels=labels)
         scored = int((labels[:, 1:] != -100).sum())
-        nll += float(out.loss) * scored
-        count += scored
+        nlls.append(float(out.loss) * scored)
+        counts.append(scored)
         prev_end = end
         if end == n:
             break
-    return math.exp(nll / count)
+    return nlls, counts
+
+
+def perplexity_of(nlls: Sequence[float], counts: Sequence[int]) -> float:
+    """exp(Σ nll / Σ tokens): the perplexity of windows' summed NLLs and token counts (:func:`window_nlls`);
+    also the statistic a bootstrap over windows recomputes."""
+    total = sum(counts)
+    if total <= 0:
+        raise ValueError("no scored tokens")
+    return math.exp(sum(nlls) / total)
+
+
+def perplexity(model, tokenizer, text: str, max_length: int = 1024, stride: int = 512,
+               max_tokens: int | None = None, progress: bool = False) -> float:
+    """Perplexity of `text` with a sliding window (:func:`window_nlls`)."""
+    return perplexity_of(*window_nlls(model, tokenizer, text, max_length, stride, max_tokens, progress))
 
 
 @torch.no_grad()
 def sample(model, tokenizer, prompt: str, n: int, *, top_k: int = 50, temperature: float = 1.0,
-           max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16, progress: bool = True) -> list[str]:
-    """`n` sampled continuations of `prompt` (prompt included), top-k / temperature sampling, seeded."""
+           max_new_tokens: int = 64, seed: int = 0, batch_size: int = 16, progress: bool = True,
+           desc: str = "sampling") -> list[str]:
+    """`n` sampled continuations of `prompt`: the new text only (as the paper's unlearning code scores
+    it), whitespace-stripped. Top-k / temperature sampling in batches; batch b is seeded with seed + b,
+    so the samples do not depend on what ran before."""
     from .progress import tqdm
 
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
     model.eval()
     device = next(model.parameters()).device
     enc = tokenizer(prompt, return_tensors="pt").to(device)
+    width = enc["input_ids"].shape[1]
     texts: list[str] = []
-    torch.manual_seed(seed)
-    with tqdm(total=n, desc="sampling", disable=not progress) as bar:
-        while len(texts) < n:
-            k = min(batch_size, n - len(texts))
+    with tqdm(total=n, desc=desc, disable=not progress) as bar:
+        for b, start in enumerate(range(0, n, batch_size)):
+            k = min(batch_size, n - start)
+            torch.manual_seed(seed + b)
             gen = model.generate(**{key: v.expand(k, -1) for key, v in enc.items()}, do_sample=True,
                                  top_k=top_k, temperature=temperature, max_new_tokens=max_new_tokens,
                                  pad_token_id=tokenizer.pad_token_id)
-            texts += tokenizer.batch_decode(gen, skip_special_tokens=True)
+            texts += [t.strip() for t in tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)]
             bar.update(k)
     return texts
 

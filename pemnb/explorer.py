@@ -162,10 +162,10 @@ def classifier_scorer(bench, batches) -> Callable[[State], dict[str, float]]:
 
 def choice_scorer(bench, evalsets: Mapping[str, Any], batch_size: int = 16) -> Callable[[State], dict[str, float]]:
     """``score(state)`` for chapter 02's decoder: accuracy of constrained answering on each task."""
-    from .multitask import accuracy
+    from .multitask import answers
 
     def score(state: State) -> dict[str, float]:
-        out = {f"accuracy {t}": accuracy(bench, state, es, batch_size) for t, es in evalsets.items()}
+        out = {f"accuracy {t}": answers(bench, state, es, batch_size)["accuracy"] for t, es in evalsets.items()}
         out["accuracy (mean)"] = sum(out.values()) / len(out)
         return out
 
@@ -176,16 +176,16 @@ def toxicity_scorer(bench, scorer, prompt: str, n: int, *, max_new_tokens: int =
                     top_k: int = 50, temperature: float = 1.0, shown: int = 4) -> Callable[[State], dict[str, Any]]:
     """``score(state)`` for chapter 03: `n` FRESH continuations of `prompt` (a new seed every call, so
     the reader sees new text), their mean toxicity and share above 0.5, and a table of a few of them."""
-    from .unlearning import continuations, toxicity_summary
+    from .evaluate import sample
+    from .unlearning import toxicity_summary
 
     calls = {"n": 0}
 
     def score(state: State) -> dict[str, Any]:
         bench.use(state)
         calls["n"] += 1
-        texts = continuations(bench.model, bench.tokenizer, prompt, n, top_k=top_k, temperature=temperature,
-                              max_new_tokens=max_new_tokens, seed=seed + 1000 * calls["n"], batch_size=n,
-                              progress=False)
+        texts = sample(bench.model, bench.tokenizer, prompt, n, top_k=top_k, temperature=temperature,
+                       max_new_tokens=max_new_tokens, seed=seed + 1000 * calls["n"], batch_size=n, progress=False)
         scores = [float(s) for s in scorer(texts)]
         table = pd.DataFrame({"continuation": texts[:shown], f"toxicity ({scorer.name})": scores[:shown]})
         return {**toxicity_summary(scores), "continuations": table}

@@ -61,6 +61,14 @@ def batch_order(n_examples: int, steps: int, batch_size: int, seed: int) -> list
     return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
 
 
+def steps_for_epochs(n_examples: int, epochs: float, batch_size: int) -> int:
+    """Optimisation steps for `epochs` passes over `n_examples` at `batch_size`, at least one (the
+    paper's Table 8 gives budgets in epochs; the training loop counts steps)."""
+    if n_examples <= 0 or epochs <= 0 or batch_size <= 0:
+        raise ValueError(f"need positive sizes, got n={n_examples}, epochs={epochs}, batch={batch_size}")
+    return max(1, math.ceil(n_examples * epochs / batch_size))
+
+
 def loss_units(example: dict, encoder_decoder: bool = False) -> int:
     """How many terms an example adds to the loss a transformers model averages over: 1 for a
     sequence label (classification, regression), its scored target tokens for an encoder-decoder,

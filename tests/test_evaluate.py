@@ -61,11 +61,30 @@ def test_perplexity_single_window_equals_exp_loss_and_stride_is_checked():
         E.perplexity(model, tok, text, max_length=8, stride=16)
 
 
-def test_sampling_is_seeded():
+def test_sampling_is_seeded_batched_and_excludes_the_prompt():
     model, tok = load_backbone("smoke-llama", "causal_lm", seed=0, device="cpu")
-    a = E.sample(model, tok, "I don't care if this is controversial", 3, max_new_tokens=5, seed=1, progress=False)
-    b = E.sample(model, tok, "I don't care if this is controversial", 3, max_new_tokens=5, seed=1, progress=False)
-    assert a == b and len(a) == 3
+    prompt = "I don't care if this is controversial"
+    kw = dict(max_new_tokens=6, batch_size=3, progress=False)
+    one = E.sample(model, tok, prompt, 5, seed=1, **kw)
+    assert len(one) == 5 and one == E.sample(model, tok, prompt, 5, seed=1, **kw)
+    assert one != E.sample(model, tok, prompt, 5, seed=2, **kw)
+    assert not any("controversial" in t for t in one)  # the random model never says it; the prompt is cut
+    # batch b is seeded with seed + b: the second batch of a run is the first batch of a run at seed + 1
+    assert E.sample(model, tok, prompt, 6, seed=1, **kw)[3:] == E.sample(model, tok, prompt, 3, seed=2, **kw)
+    with pytest.raises(ValueError, match="positive"):
+        E.sample(model, tok, prompt, 0)
+
+
+def test_window_nlls_add_up_to_the_perplexity():
+    model, tok = load_backbone("smoke-llama", "causal_lm", seed=0, device="cpu")
+    text = "the quick brown fox jumps over the lazy dog " * 6
+    nlls, counts = E.window_nlls(model, tok, text, max_length=16, stride=8)
+    n = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"].shape[1]
+    assert len(nlls) == len(counts) > 2 and sum(counts) == n - 1  # every token but the first scored once
+    assert E.perplexity(model, tok, text, max_length=16, stride=8) == math.exp(sum(nlls) / sum(counts))
+    assert E.perplexity_of([2.0, 4.0], [1, 3]) == pytest.approx(math.exp(1.5))
+    with pytest.raises(ValueError, match="no scored tokens"):
+        E.perplexity_of([], [])
 
 
 def test_profanity_scorer_ranks_an_insult_above_a_greeting():

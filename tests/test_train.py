@@ -1,9 +1,10 @@
 """Training: seeded, dynamically padded, and a resumed run equals an uninterrupted one."""
+import pytest
 import torch
 
 from pemnb.backbones import load_backbone
 from pemnb.modules import attach, read_state
-from pemnb.train import batch_order, pad_collate, train_module
+from pemnb.train import batch_order, pad_collate, steps_for_epochs, train_module
 
 
 def toy_examples(tok, n=24):
@@ -26,6 +27,15 @@ def test_pad_collate_pads_to_the_longest_row():
     assert batch["labels"].tolist() == [1, 0]
     lm = pad_collate(0)([{"input_ids": [1, 2], "labels": [1, 2]}, {"input_ids": [1], "labels": [1]}])
     assert lm["labels"].tolist() == [[1, 2], [1, -100]]
+
+
+def test_steps_for_epochs_rounds_up_to_whole_steps():
+    assert steps_for_epochs(100, 1, 32) == 4 and steps_for_epochs(96, 10, 96) == 10
+    assert steps_for_epochs(100, 1, 8) == 13 and steps_for_epochs(100, 3, 8) == 38
+    assert steps_for_epochs(1, 0.1, 8) == 1 and steps_for_epochs(3, 1, 128) == 1  # at least one step
+    for bad in [(0, 1, 8), (8, 0, 8), (8, 1, 0), (-1, 1, 8)]:
+        with pytest.raises(ValueError, match="positive"):
+            steps_for_epochs(*bad)
 
 
 def test_batch_order_is_seeded_and_covers_every_example_each_epoch():
