@@ -86,9 +86,7 @@ def train_02(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
     done = []
     for kind in kinds or s.kinds:
         bench = M.make_bench(profile, kind, s, cache=Cache(), progress=progress)
-        fmt = M.prompt_format(bench, s)
-        examples = {t: M.training_examples(bench, t, d.train, fmt) for t, d in tasks.items()}
-        M.train_task_modules(bench, examples, s.hparams)
+        M.task_modules(bench, tasks, M.prompt_format(bench, s), s)  # the chapter's modules, with their curves
         done += [f"{kind} multitask-{t}" for t in tasks]
         del bench
         _free()

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from . import arithmetic, data
-from .cache import TRAINING_CODE, Cache, fingerprint, state_fingerprint
+from .cache import TRAINING_CODE, Cache, code_version, fingerprint, state_fingerprint
 from .evaluate import constrained_generate, constrained_scores, score_choices
 from .profiles import Profile, inclusive_grid
 from .settings import ChapterSettings
@@ -52,6 +53,8 @@ PAPER_HPARAMS = {
 #   mnli_train_split: "train" (the hub's MNLI train) or "validation_matched" (carve a training part out of it,
 #                     disjoint from the evaluation part: the offline data folder has no MNLI train split)
 #   chat: wrap prompts in the backbone's chat template (decoder-only instruction-tuned models)
+#   curve_points: each module is scored on its own task at this many evenly spaced step counts of its
+#                 one training run (the last is the module itself), so the page shows its learning curve
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "backbone": None,  # profile.decoder (smoke-llama)
@@ -65,7 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_length": 64,
         "lam_grid": inclusive_grid(0.0, 1.0, 0.5),
         "kinds": ("lora", "ia3", "fft"), "parity_kind": "lora", "parity_rows": 8, "num_beams": 5,
-        "format_probe_rows": 8, "eval_batch": 16,
+        "format_probe_rows": 8, "eval_batch": 16, "curve_points": 2,
     },
     "small": {
         # Sized for 40 minutes on 2 CPU cores from costs measured on this machine with ONE thread
@@ -85,7 +88,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_length": 128,
         "lam_grid": inclusive_grid(0.0, 1.0, 0.25),
         "kinds": ("lora", "ia3", "fft"), "parity_kind": "lora", "parity_rows": 12, "num_beams": 5,
-        "format_probe_rows": 16, "eval_batch": 16,
+        "format_probe_rows": 16, "eval_batch": 16, "curve_points": 4,
     },
     "paper": {
         "backbone": "t5-base",
@@ -98,7 +101,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_length": 256,
         "lam_grid": inclusive_grid(0.0, 1.0, 0.02),
         "kinds": ("lora", "ia3", "fft"), "parity_kind": "lora", "parity_rows": 200, "num_beams": 5,
-        "format_probe_rows": 200, "eval_batch": 64,
+        "format_probe_rows": 200, "eval_batch": 64, "curve_points": 5,
         "micro_batch": 32,  # MNLI's batch of 128 in 4 accumulated passes (pemnb.estimates: fits 24 GB)
     },
 }
@@ -126,6 +129,7 @@ class Settings(ChapterSettings):
     parity_kind: str
     parity_rows: int
     num_beams: int
+    curve_points: int                    # learning-curve points per module (0: train without a curve)
     micro_batch: int | None = None       # passes of this many examples accumulate to one batch
 
     @classmethod
@@ -282,7 +286,7 @@ def training_examples(bench, task: str, ds, fmt: PromptFormat) -> list[dict]:
 
 
 class EvalSet:
-    """One task's evaluation prompts, allowed answers and gold answer indices."""
+    """One task's evaluation prompts, allowed answers and gold answer indices (`labels`)."""
 
     def __init__(self, task: str, ds, fmt: PromptFormat, tokenizer):
         self.task, self.fmt = task, fmt
@@ -293,49 +297,70 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def head(self, n: int) -> "EvalSet":
+        """The first n rows (all of them when n ≥ len)."""
+        out = object.__new__(EvalSet)
+        out.task, out.fmt, out.choices = self.task, self.fmt, self.choices
+        out.prompts, out.labels = self.prompts[:n], self.labels[:n]
+        out.fingerprint = fingerprint([out.prompts, out.choices, out.labels.tolist()])
+        return out
 
-def accuracy(bench, state: Mapping[str, torch.Tensor], evalset: EvalSet, batch_size: int = 16) -> float:
-    """Accuracy of constrained answering: the answer constrained beam search would pick (argmax of
-    :func:`pemnb.evaluate.constrained_scores`)."""
+
+def answers(bench, state: Mapping[str, torch.Tensor], evalset: EvalSet, batch_size: int = 16) -> dict[str, Any]:
+    """{accuracy, predictions} of constrained answering with module `state`: the answer constrained beam
+    search would pick (argmax of :func:`pemnb.evaluate.constrained_scores`) for every row, as answer
+    indices aligned with ``evalset.labels`` (so intervals need no further forward pass)."""
     bench.use(state)  # no per-batch progress bar: sweeps show one bar over λ instead
     scores = constrained_scores(bench.model, bench.tokenizer, evalset.prompts, evalset.choices, batch_size)
-    return float((scores.argmax(1) == evalset.labels).mean())
-
-
-def parity(bench, state: Mapping[str, torch.Tensor], evalset: EvalSet, n: int, num_beams: int = 5) -> dict:
-    """How often one-pass answer scoring and HF constrained beam search (the paper's decoding) pick the
-    same answer on the first n rows: the bare answer (:func:`pemnb.evaluate.score_choices`) and the
-    answer with its closing EOS (:func:`pemnb.evaluate.constrained_scores`, what :func:`accuracy` uses),
-    which must agree exactly."""
-    bench.use(state)
-    prompts, tok = evalset.prompts[:n], bench.tokenizer
-    fast = score_choices(bench.model, tok, prompts, evalset.choices).argmax(1)
-    fast_eos = constrained_scores(bench.model, tok, prompts, evalset.choices).argmax(1)
-    beam = np.asarray(constrained_generate(bench.model, tok, prompts, evalset.choices, num_beams=num_beams))
-    gold = evalset.labels[:n]
-    return {"task": evalset.task, "rows": len(prompts), "agreement (answer only)": float((fast == beam).mean()),
-            "agreement (answer + EOS)": float((fast_eos == beam).mean()),
-            "accuracy (one pass)": float((fast_eos == gold).mean()), "accuracy (beam search)": float((beam == gold).mean())}
+    pred = scores.argmax(1)
+    return {"accuracy": float((pred == evalset.labels).mean()), "predictions": [int(x) for x in pred]}
 
 
 class Evaluator:
-    """Accuracy of module states on both tasks, cached by (backbone, state, evaluation set)."""
+    """The one way chapter 02 scores a module state: :func:`answers` on each task's evaluation rows,
+    cached by (backbone, kind, state, evaluation rows, the code of :func:`answers`)."""
 
     def __init__(self, bench, evalsets: Mapping[str, EvalSet], batch_size: int = 16, cache: Cache | None = None):
         self.bench, self.evalsets, self.batch_size = bench, dict(evalsets), batch_size
         root = cache.root if cache is not None else bench.cache.root
-        self.results = Cache(root, namespace="results",
-                             code_modules=TRAINING_CODE + ("pemnb.evaluate", "pemnb.multitask"))
+        # The key names the scoring code itself, so editing the chapter's tables or figures keeps results.
+        self.results = Cache(root, namespace="results", code_modules=TRAINING_CODE + ("pemnb.evaluate",))
 
-    def __call__(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """{task: accuracy} of the model carrying `state`."""
+    def answers(self, state: Mapping[str, torch.Tensor], task: str, state_key: str | None = None) -> dict[str, Any]:
+        """{accuracy, predictions} of the model carrying `state` on `task`'s rows."""
+        es = self.evalsets[task]
+        parts = {"what": "multitask-answers", "backbone": self.bench.backbone, "kind": self.bench.kind,
+                 "state": state_key or state_fingerprint(state), "eval": es.fingerprint, "n": len(es),
+                 "code": code_version(("pemnb.multitask:answers",))}
+        return self.results.result(parts, lambda: answers(self.bench, state, es, self.batch_size))
+
+    def __call__(self, state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+        """{task: {accuracy, predictions}} of the model carrying `state` (the `score` of a λ sweep)."""
         fp = state_fingerprint(state)
-        out = {}
-        for task, es in self.evalsets.items():
-            parts = {"what": "multitask-accuracy", "backbone": self.bench.backbone, "kind": self.bench.kind,
-                     "state": fp, "eval": es.fingerprint, "n": len(es)}
-            out[task] = self.results.result(parts, lambda: accuracy(self.bench, state, es, self.batch_size))
-        return out
+        return {task: self.answers(state, task, fp) for task in self.evalsets}
+
+    def accuracy(self, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """{task: accuracy} (for a table)."""
+        return {task: r["accuracy"] for task, r in self(state).items()}
+
+
+def parity(bench, state: Mapping[str, torch.Tensor], evalset: EvalSet, n: int, num_beams: int = 5,
+           predictions: Sequence[int] | None = None) -> dict:
+    """How often one-pass answer scoring and HF constrained beam search (the paper's decoding) pick the
+    same answer on the first n rows: the bare answer (:func:`pemnb.evaluate.score_choices`) and the
+    answer with its closing EOS (what :func:`answers` reads; its `predictions` when given), which must
+    agree exactly."""
+    bench.use(state)
+    head = evalset.head(n)
+    prompts, tok = head.prompts, bench.tokenizer
+    fast = score_choices(bench.model, tok, prompts, head.choices).argmax(1)
+    fast_eos = (np.asarray(predictions[:len(prompts)]) if predictions is not None
+                else np.asarray(answers(bench, state, head)["predictions"]))
+    beam = np.asarray(constrained_generate(bench.model, tok, prompts, head.choices, num_beams=num_beams))
+    gold = head.labels
+    return {"task": evalset.task, "rows": len(prompts), "agreement (answer only)": float((fast == beam).mean()),
+            "agreement (answer + EOS)": float((fast_eos == beam).mean()),
+            "accuracy (one pass)": float((fast_eos == gold).mean()), "accuracy (beam search)": float((beam == gold).mean())}
 
 
 # ------------------------------------------------------------------------------------------- modules
@@ -365,79 +390,198 @@ def format_probe(bench, tasks: Mapping[str, TaskData], n: int, batch_size: int =
     has_template = not bench.encoder_decoder and bool(getattr(bench.tokenizer, "chat_template", None))
     for chat in ((False, True) if has_template else (False,)):
         fmt = PromptFormat(chat=chat, encoder_decoder=bench.encoder_decoder)
-        sets = {t: EvalSet(t, d.eval.select(range(min(n, len(d.eval)))), fmt, bench.tokenizer)
-                for t, d in tasks.items()}
-        for t, es in sets.items():
-            bench.use(bench.identity())
-            pred = constrained_scores(bench.model, bench.tokenizer, es.prompts, es.choices, batch_size).argmax(1)
+        for t, d in tasks.items():
+            es = EvalSet(t, d.eval.select(range(min(n, len(d.eval)))), fmt, bench.tokenizer)
+            pred = np.asarray(answers(bench, bench.identity(), es, batch_size)["predictions"])
             rows.append({"format": "chat template" if chat else "raw prompt", "task": t, "rows": len(es),
                          "accuracy": float((pred == es.labels).mean()),
                          "share 'yes'": float((pred == ANSWERS[t].index("yes")).mean())})
     return rows
 
 
-def train_task_modules(bench, examples: Mapping[str, Sequence[dict]], hparams: Mapping[str, Mapping]) -> dict:
-    """{task: module state}: one module per task, all from the bench's shared initialisation (cached)."""
-    out = {}
-    for task, ex in examples.items():
-        hp = hparams[task][bench.kind]
-        out[task] = bench.train(ex, tag=f"multitask-{task}", steps=int(hp["steps"]), lr=float(hp["lr"]),
-                                batch_size=int(hp["batch"]))
-    return out
+def curve_steps(steps: int, points: int) -> list[int]:
+    """`points` evenly spaced step counts ending at `steps` (fewer when the run is shorter)."""
+    if steps <= 0 or points <= 0:
+        raise ValueError(f"need positive steps and points, got steps={steps}, points={points}")
+    return sorted({max(1, round(steps * i / points)) for i in range(1, points + 1)})
 
 
-def merge_sweep(evaluate: Callable[[Mapping[str, torch.Tensor]], Mapping[str, float]], theta_mnli, theta_rte,
-                kind: str, grid: Sequence[float], progress: bool = True) -> list[dict]:
-    """Long rows {kind, lam, task, accuracy} of θ = λθ_MNLI + (1−λ)θ_RTE on every task (λ = 1: the MNLI
-    module alone, λ = 0: the RTE module alone), through :func:`pemnb.sweep.sweep`."""
+def train_task_module(bench, task: str, examples: Sequence[dict], hp: Mapping[str, Any], evaluator: Evaluator,
+                      points: int) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """(module state, learning curve) of `task`'s module of the bench's kind, cached.
+
+    With ``points > 0`` ONE training run from the shared initialisation (:func:`pemnb.budget.learning_curve`:
+    :func:`pemnb.train.train_module` stopped and resumed at each point) is scored on `task`'s evaluation
+    rows at :func:`curve_steps` — the last point is the module itself — and the curve rows {step, loss
+    (mean of the last ten), accuracy, predictions} are kept with the module. With ``points == 0`` the
+    module is :meth:`DecoderBench.train`'s, without a curve.
+    """
+    steps, lr, batch = int(hp["steps"]), float(hp["lr"]), int(hp["batch"])
+    if points == 0:
+        return bench.train(examples, tag=f"multitask-{task}", steps=steps, lr=lr, batch_size=batch), []
+    from .budget import learning_curve
+    from .modules import read_state, write_state
+
+    p, es = bench.profile, evaluator.evalsets[task]
+    at = curve_steps(steps, points)
+    parts = {"what": "multitask-module", "backbone": bench.backbone, "kind": bench.kind, "task": task,
+             "r": bench.r, "alpha": bench.alpha, "init_seed": p.seed, "seed": p.seed, "steps": steps, "lr": lr,
+             "batch_size": batch, "micro_batch": p.micro_batch, "dtype": bench.dtype,
+             "data": fingerprint(examples), "n": len(examples), "curve": {"steps": at, "eval": es.fingerprint},
+             "code": code_version(("pemnb.multitask:train_task_module", "pemnb.budget:learning_curve",
+                                   "pemnb.budget:_gcd", "pemnb.multitask:answers"))}
+    hit = bench.cache.get_module(parts)
+    if hit is not None:
+        return hit[0], hit[2]["curve"]
+
+    def score(model) -> dict[str, Any]:
+        bench.forget_writer()  # training may have replaced parameter objects
+        return evaluator.answers(read_state(model), task)
+
+    write_state(bench.model, bench.init_state)
+    rows = learning_curve(bench.model, examples, score, points=at, lr=lr, batch_size=batch, seed=p.seed,
+                          pad_token_id=bench.tokenizer.pad_token_id, desc=f"{bench.kind} {task}",
+                          progress=bench.progress, micro_batch_size=p.micro_batch)
+    state = read_state(bench.model)
+    bench.forget_writer()
+    curve = [{"step": int(r["step"]), "loss": float(r["loss"]), "seconds": float(r["seconds"]),
+              "accuracy": float(r["accuracy"]), "predictions": list(r["predictions"])} for r in rows]
+    from .classify import is_main_process
+
+    if is_main_process():
+        bench.cache.put_module(parts, state, bench.kind, {**parts, "curve": curve})
+    return state, curve
+
+
+def task_modules(bench, tasks: Mapping[str, TaskData], fmt: PromptFormat, s: Settings,
+                 evaluator: Evaluator | None = None) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """({task: module state}, {task: learning curve}) of the bench's kind: chapter 02's modules, one per
+    task, all from the bench's shared initialisation (cached; every user of these modules — the chapter,
+    ``pemnb.launch``, chapter 06 — gets them from here). `evaluator`: on the chapter's evaluation rows
+    (default: one built here)."""
+    evaluator = evaluator or Evaluator(bench, {t: EvalSet(t, d.eval, fmt, bench.tokenizer) for t, d in tasks.items()},
+                                       s.eval_batch)
+    modules, curves = {}, {}
+    for task, d in tasks.items():
+        examples = training_examples(bench, task, d.train, fmt)
+        modules[task], curves[task] = train_task_module(bench, task, examples, s.hparams[task][bench.kind],
+                                                        evaluator, int(s.curve_points))
+    return modules, curves
+
+
+def merge_sweep(evaluate: Callable[[Mapping[str, torch.Tensor]], Mapping[str, Mapping[str, Any]]], theta_mnli,
+                theta_rte, kind: str, grid: Sequence[float], progress: bool = True) -> list[dict]:
+    """Long rows {kind, lam, task, accuracy, predictions} of θ = λθ_MNLI + (1−λ)θ_RTE on every task
+    (λ = 1: the MNLI module alone, λ = 0: the RTE module alone), through :func:`pemnb.sweep.sweep`."""
     from .sweep import sweep
 
     wide = sweep(lambda lam: arithmetic.merge(theta_mnli, theta_rte, lam, kind), grid, evaluate,
                  progress=progress, desc=f"{kind} λ sweep")
-    return [{"kind": kind, "lam": r["lam"], "task": task, "accuracy": a}
-            for r in wide for task, a in r.items() if task != "lam"]
+    return [{"kind": kind, "lam": r["lam"], "task": task, **scores}
+            for r in wide for task, scores in r.items() if task != "lam"]
 
 
-def summary(sweep_rows: Sequence[Mapping], zero_shot: Mapping[str, float] | None = None) -> "pd.DataFrame":
-    """Single-task vs merged accuracy on both tasks, per module kind.
+# ------------------------------------------------------------------------------------------- chapter
+@dataclass
+class Lab:
+    """One module kind of the chapter: its bench, its two task modules (and their learning curves) and
+    the evaluator on the chapter's evaluation rows."""
 
-    For each kind: the MNLI module (λ = 1), the RTE module (λ = 0), the even merge (λ = 0.5, when on the
-    grid) and the merge with the best mean accuracy of the two tasks (λ chosen on the evaluation rows
-    themselves, hence optimistic). Columns: MNLI, RTE, mean; index (kind, module).
+    bench: Any
+    modules: dict[str, dict[str, torch.Tensor]]
+    curves: dict[str, list[dict]]
+    evaluator: Evaluator
+
+
+def lab(profile: Profile, s: Settings, kind: str, tasks: Mapping[str, TaskData], *, cache: Cache | None = None,
+        progress: bool = True) -> Lab:
+    """The bench of `kind` with its trained (or cached) modules, e.g. for the exercises after
+    :func:`run_chapter`."""
+    bench = make_bench(profile, kind, s, cache=cache, progress=progress)
+    fmt = prompt_format(bench, s)
+    evaluator = Evaluator(bench, {t: EvalSet(t, d.eval, fmt, bench.tokenizer) for t, d in tasks.items()},
+                          s.eval_batch, cache=cache)
+    modules, curves = task_modules(bench, tasks, fmt, s, evaluator)
+    return Lab(bench, modules, curves, evaluator)
+
+
+@dataclass
+class ChapterResult:
+    """Everything chapter 02 shows. `sweep` and `curves` keep each state's per-row `predictions`
+    (answer indices aligned with ``labels[task]``): the intervals on the page resample them."""
+
+    settings: Settings
+    tasks: dict[str, TaskData]
+    fmt: PromptFormat
+    labels: dict[str, np.ndarray]
+    answer_tokens: dict[str, dict[str, list[int]]]  # task → {answer: token ids} (one token: exact scoring)
+    probe: pd.DataFrame                           # zero-shot, raw prompt vs chat template
+    zero_shot: dict[str, dict[str, Any]]          # task → {accuracy, predictions} of the base model
+    sweep: pd.DataFrame                           # kind, lam, task, accuracy, predictions
+    curves: pd.DataFrame                          # kind, task, step, loss, accuracy, predictions
+    parity: pd.DataFrame                          # one-pass scoring vs beam search, parity_kind's modules
+    module_sizes: dict[str, int]
+    seconds: float
+
+
+def run_chapter(profile: Profile, s: Settings | None = None, *, cache: Cache | None = None,
+                progress: bool = True) -> ChapterResult:
+    """Chapter 02 end to end: data, the prompt-format probe, the base model zero-shot, per kind the two task
+    modules (with learning curves), the merge sweep on both tasks and the decoding parity check.
+
+    Every module and every evaluation is cached, so a re-run only reads; one bench is alive at a time.
     """
-    import pandas as pd
+    import gc
+    import time
 
-    df = pd.DataFrame(list(sweep_rows))
-    if df.empty:
-        raise ValueError("no sweep rows to summarise")
-    wide = df.pivot_table(index=["kind", "lam"], columns="task", values="accuracy", sort=False)
-    wide["mean"] = wide[[t for t in TASKS if t in wide.columns]].mean(axis=1)
-    out = []
-    if zero_shot is not None:
-        z = dict(zero_shot)
-        out.append({"kind": "base", "module": "instruction-tuned base (identity module, zero-shot)", "λ": np.nan,
-                    **{t: z[t] for t in TASKS}, "mean": float(np.mean([z[t] for t in TASKS]))})
-    for kind in dict.fromkeys(df["kind"]):
-        w = wide.loc[kind]
-        lams = list(w.index)
-        picks = [("MNLI module alone", 1.0), ("RTE module alone", 0.0)]
-        if any(abs(x - 0.5) < 1e-9 for x in lams):
-            picks.append(("merged, λ = 0.5", 0.5))
-        best = float(w["mean"].idxmax())
-        picks.append((f"merged, best mean (λ = {best:g}, chosen on eval rows)", best))
-        for name, lam in picks:
-            lam = min(lams, key=lambda x: abs(x - lam))
-            r = w.loc[lam]
-            out.append({"kind": kind, "module": name, "λ": lam, **{t: float(r[t]) for t in TASKS},
-                        "mean": float(r["mean"])})
-    return pd.DataFrame(out).set_index(["kind", "module"])
+    t0 = time.perf_counter()
+    s = s if s is not None else settings(profile)
+    cache = cache if cache is not None else Cache()
+    tasks = {t: load_task(t, s, seed=profile.seed) for t in TASKS}
+    sweep_rows, curve_rows, module_sizes, parity_rows = [], [], {}, []
+    zero_shot = probe = fmt = answer_tokens = labels = None
+    for kind in s.kinds:
+        one = lab(profile, s, kind, tasks, cache=cache, progress=progress)
+        if zero_shot is None:  # the base model is the same for every kind: measured once
+            fmt = prompt_format(one.bench, s)
+            answer_tokens = {t: single_token_answers(one.bench.tokenizer, fmt.choices(t)) for t in TASKS}
+            probe = pd.DataFrame(format_probe(one.bench, tasks, s.format_probe_rows, s.eval_batch))
+            zero_shot = one.evaluator(one.bench.identity())
+            labels = {t: es.labels for t, es in one.evaluator.evalsets.items()}
+        module_sizes[kind] = sum(v.numel() for v in one.modules["rte"].values())
+        curve_rows += [{"kind": kind, "task": t, **r} for t, rows in one.curves.items() for r in rows]
+        # θ = λ θ_MNLI + (1 − λ) θ_RTE, written into the live model and scored on both tasks at every λ
+        sweep_rows += merge_sweep(one.evaluator, one.modules["mnli"], one.modules["rte"], kind, s.lam_grid,
+                                  progress=progress)
+        if kind == s.parity_kind:
+            own = {t: one.evaluator.answers(one.modules[t], t)["predictions"] for t in TASKS}
+            parity_rows = [parity(one.bench, one.modules[t], one.evaluator.evalsets[t], s.parity_rows, s.num_beams,
+                                  predictions=own[t]) for t in TASKS]
+        del one
+        gc.collect()  # a 135M-parameter bench (and FFT's modules) before the next kind's
+    return ChapterResult(s, tasks, fmt, labels, answer_tokens, probe, zero_shot, pd.DataFrame(sweep_rows),
+                         pd.DataFrame(curve_rows, columns=["kind", "task", "step", "loss", "seconds", "accuracy",
+                                                           "predictions"]),
+                         pd.DataFrame(parity_rows).set_index("task") if parity_rows else pd.DataFrame(),
+                         module_sizes, time.perf_counter() - t0)
 
 
-def best_merge(sweep_rows: Sequence[Mapping], kind: str) -> dict[str, float]:
-    """{lam, mnli, rte, mean} of the λ with the best mean accuracy for one kind."""
-    import pandas as pd
+# ------------------------------------------------------------------------------------------- results
+N_BOOT = 1000  # bootstrap resamples of the evaluation rows (no forward pass: cached predictions)
 
-    df = pd.DataFrame([r for r in sweep_rows if r["kind"] == kind])
+MODULES = {"MNLI module alone": 1.0, "RTE module alone": 0.0}
+
+
+def _at(sweep: pd.DataFrame, kind: str, task: str, lam: float) -> Mapping[str, Any]:
+    sub = sweep[(sweep["kind"] == kind) & (sweep["task"] == task)]
+    return sub.loc[(sub["lam"] - lam).abs().idxmin()]
+
+
+def best_merge(sweep: pd.DataFrame | Sequence[Mapping], kind: str) -> dict[str, float]:
+    """{lam, mnli, rte, mean} of the λ with the best mean accuracy of the two tasks for one kind (chosen
+    on the evaluation rows themselves, hence optimistic)."""
+    df = pd.DataFrame(list(sweep)) if not isinstance(sweep, pd.DataFrame) else sweep
+    df = df[df["kind"] == kind]
     if df.empty:
         raise ValueError(f"no sweep rows for kind {kind!r}")
     wide = df.pivot_table(index="lam", columns="task", values="accuracy")
@@ -446,25 +590,228 @@ def best_merge(sweep_rows: Sequence[Mapping], kind: str) -> dict[str, float]:
     return {"lam": lam, **{k: float(v) for k, v in wide.loc[lam].items()}}
 
 
-@presentation
-def hparam_table(s: Settings) -> "pd.DataFrame":
-    """Learning rate / steps / batch per task and kind at these settings (for the provenance)."""
-    import pandas as pd
+def picks(result: ChapterResult, kind: str) -> dict[str, float]:
+    """{row name: λ} of the summary for one kind: each module alone, the even merge (λ = 0.5, when on
+    the grid) and the best merge by mean accuracy."""
+    lams = sorted(result.sweep.loc[result.sweep["kind"] == kind, "lam"].unique())
+    out = dict(MODULES)
+    if any(abs(x - 0.5) < 1e-9 for x in lams):
+        out["merged, λ = 0.5"] = 0.5
+    best = best_merge(result.sweep, kind)["lam"]
+    out[f"merged, best mean (λ = {best:g}, chosen on eval rows)"] = best
+    return out
 
+
+def summary(result: ChapterResult) -> pd.DataFrame:
+    """Single-task vs merged accuracy on both tasks, per module kind, with 95% bootstrap intervals.
+
+    Rows (kind, module): the base model zero-shot, then per kind the MNLI module (λ = 1), the RTE module
+    (λ = 0), the even merge and the best merge by mean accuracy. Columns: λ, then per task its accuracy
+    and `<task> low` / `<task> high`, and the mean of the two tasks.
+    """
+    from . import stats
+
+    def cells(pred_of: Callable[[str], Sequence[int]]) -> dict[str, float]:
+        out = {}
+        for t in TASKS:
+            ci = stats.bootstrap_ci(np.asarray(pred_of(t)), result.labels[t], statistic=stats.accuracy, n_boot=N_BOOT)
+            out.update({t: ci.estimate, f"{t} low": ci.low, f"{t} high": ci.high})
+        out["mean"] = float(np.mean([out[t] for t in TASKS]))
+        return out
+
+    if result.sweep.empty:
+        raise ValueError("no sweep rows to summarise")
+    rows = [{"kind": "base", "module": "instruction-tuned base (identity module, zero-shot)", "λ": np.nan,
+             **cells(lambda t: result.zero_shot[t]["predictions"])}]
+    for kind in dict.fromkeys(result.sweep["kind"]):
+        for name, lam in picks(result, kind).items():
+            at = lambda t: _at(result.sweep, kind, t, lam)["predictions"]
+            rows.append({"kind": kind, "module": name, "λ": float(_at(result.sweep, kind, TASKS[0], lam)["lam"]),
+                         **cells(at)})
+    return pd.DataFrame(rows).set_index(["kind", "module"])
+
+
+def comparisons(result: ChapterResult) -> pd.DataFrame:
+    """The differences the page's prose reads, each with a paired bootstrap interval over the same
+    evaluation rows and whether it excludes 0 (`real`): per kind, each module against the base model on
+    its own task (does it beat zero-shot?), and the best merge against each single module."""
+    from . import stats
+
+    def diff(a, b, task) -> stats.CI:
+        return stats.paired_diff_ci(np.asarray(a), np.asarray(b), result.labels[task], statistic=stats.accuracy,
+                                    n_boot=N_BOOT)
+
+    rows = []
+    for kind in dict.fromkeys(result.sweep["kind"]):
+        pred = lambda t, lam: _at(result.sweep, kind, t, lam)["predictions"]
+        best = best_merge(result.sweep, kind)["lam"]
+        zero = {t: result.zero_shot[t]["predictions"] for t in TASKS}
+        for name, task, a, b in [
+                ("MNLI module − base (zero-shot)", "mnli", pred("mnli", 1.0), zero["mnli"]),
+                ("RTE module − base (zero-shot)", "rte", pred("rte", 0.0), zero["rte"]),
+                ("best merge − MNLI module", "mnli", pred("mnli", best), pred("mnli", 1.0)),
+                ("best merge − RTE module", "rte", pred("rte", best), pred("rte", 0.0)),
+                ("best merge − RTE module", "mnli", pred("mnli", best), pred("mnli", 0.0)),
+                ("best merge − MNLI module", "rte", pred("rte", best), pred("rte", 1.0))]:
+            ci = diff(a, b, task)
+            rows.append({"kind": kind, "comparison": name, "task": task, "difference": ci.estimate,
+                         "low": ci.low, "high": ci.high, "real": stats.is_real(ci)})
+    return pd.DataFrame(rows)
+
+
+def sweep_intervals(result: ChapterResult) -> pd.DataFrame:
+    """The sweep with a 95% bootstrap interval on every point (`accuracy_low`, `accuracy_high`)."""
+    from . import stats
+
+    frames = [stats.interval_columns(g.to_dict("records"), result.labels[task], name="accuracy", n_boot=N_BOOT)
+              for (kind, task), g in result.sweep.groupby(["kind", "task"], sort=False)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def curve_intervals(result: ChapterResult) -> pd.DataFrame:
+    """The learning curves with a 95% bootstrap interval on every point (`accuracy_low`, `accuracy_high`)."""
+    from . import stats
+
+    if result.curves.empty:
+        return result.curves.drop(columns="predictions")
+    frames = [stats.interval_columns(g.to_dict("records"), result.labels[task], name="accuracy", n_boot=N_BOOT)
+              for (kind, task), g in result.curves.groupby(["kind", "task"], sort=False)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def facts(result: ChapterResult) -> dict[str, Any]:
+    """Every number and phrase the chapter's prose quotes, from its results (one call, glued in a loop)."""
+    from . import wording
+
+    s = result.settings
+    out: dict[str, Any] = {}
+    probe = result.probe.pivot_table(index="format", columns="task", values=["accuracy", "share 'yes'"])
+    out["probe_rows"] = int(result.probe["rows"].max())
+    for t in TASKS:
+        out[f"probe_raw_{t}"] = float(probe.loc["raw prompt", ("accuracy", t)])
+        out[f"probe_raw_{t}_yes"] = float(probe.loc["raw prompt", ("share 'yes'", t)])
+    if "chat template" in probe.index:  # a sentence, so a backbone without a template glues no NaN
+        chat = {t: float(probe.loc["chat template", ("accuracy", t)]) for t in TASKS}
+        chat_yes = float(probe.loc["chat template", ("share 'yes'", "rte")])
+        out["probe_chat"] = (f"the chat template RTE {chat['rte']:.1%} and MNLI {chat['mnli']:.1%} (it answers "
+                             f"*yes* on {chat_yes:.0%} of RTE rows, against {out['probe_raw_rte_yes']:.0%} with "
+                             "the raw prompt)")
+    else:
+        out["probe_chat"] = "this backbone has no chat template to compare with"
+    for t in TASKS:
+        out[f"zero_{t}"] = float(result.zero_shot[t]["accuracy"])
+        out[f"n_eval_{t}"] = int(len(result.labels[t]))
+    out["rte_row"] = 1.0 / len(result.labels["rte"])
+    if not result.parity.empty:
+        for t in TASKS:
+            out[f"parity_{t}"] = float(result.parity.loc[t, "agreement (answer + EOS)"])
+            out[f"parity_bare_{t}"] = float(result.parity.loc[t, "agreement (answer only)"])
+    out["parity_kind"] = str(s.parity_kind)
+    out["curve_points"] = int(s.curve_points)
+    table = summary(result)
+    comp = comparisons(result).set_index(["kind", "comparison", "task"])
+    beats_zero = 0
+    for kind in dict.fromkeys(result.sweep["kind"]):
+        single_m, single_r = table.loc[(kind, "MNLI module alone")], table.loc[(kind, "RTE module alone")]
+        best = best_merge(result.sweep, kind)
+        out[f"{kind}_mnli_on_mnli"], out[f"{kind}_mnli_on_rte"] = float(single_m["mnli"]), float(single_m["rte"])
+        out[f"{kind}_rte_on_rte"], out[f"{kind}_rte_on_mnli"] = float(single_r["rte"]), float(single_r["mnli"])
+        out[f"{kind}_best_lam"] = float(best["lam"])
+        out[f"{kind}_best_mnli"], out[f"{kind}_best_rte"] = float(best["mnli"]), float(best["rte"])
+        out[f"{kind}_best_gain_mnli"] = float(best["mnli"] - single_r["mnli"])
+        out[f"{kind}_best_cost_mnli"] = float(single_m["mnli"] - best["mnli"])
+        out[f"{kind}_best_cost_rte"] = float(single_r["rte"] - best["rte"])
+        own = 0
+        for t, name in (("mnli", "MNLI module − base (zero-shot)"), ("rte", "RTE module − base (zero-shot)")):
+            r = comp.loc[(kind, name, t)]
+            out[f"{kind}_{t}_vs_zero"] = wording.change(float(r["difference"]), (float(r["low"]), float(r["high"])),
+                                                        up="beats", down="falls below",
+                                                        same="does not measurably differ from")
+            out[f"{kind}_{t}_vs_zero_low"], out[f"{kind}_{t}_vs_zero_high"] = float(r["low"]), float(r["high"])
+            own += bool(r["real"] and r["difference"] > 0)
+        beats_zero += own
+        out[f"{kind}_beats_zero"] = wording.count_phrase(own, len(TASKS), "task")
+        for t, name in (("mnli", "best merge − MNLI module"), ("rte", "best merge − RTE module")):
+            r = comp.loc[(kind, name, t)]
+            out[f"{kind}_best_vs_own_{t}"] = wording.change(
+                float(r["difference"]), (float(r["low"]), float(r["high"])), up="gains {amount}", down="loses {amount}",
+                same="is not measurably different", amount=lambda x: f"{100 * x:.1f} points")
+            out[f"{kind}_best_cost_{t}_low"], out[f"{kind}_best_cost_{t}_high"] = 0.0 - float(r["high"]), 0.0 - float(r["low"])
+    for t in TASKS:
+        out[f"n_train_{t}"] = int(len(result.tasks[t].train))
+        for kind in s.kinds:
+            out[f"{kind}_steps_{t}"] = int(s.hparams[t][kind]["steps"])
+            out[f"{kind}_batch_{t}"] = int(s.hparams[t][kind]["batch"])
+            out[f"paper_{kind}_steps_{t}"] = int(PAPER_HPARAMS[t][kind]["steps"])
+            out[f"paper_{kind}_batch_{t}"] = int(PAPER_HPARAMS[t][kind]["batch"])
+    n_modules = len(TASKS) * result.sweep["kind"].nunique()
+    out["modules_beat_zero"] = wording.count_phrase(beats_zero, n_modules, "module")
+    out["n_modules"] = int(n_modules)
+    return out
+
+
+@presentation
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The summary for the page: per task "accuracy % [95% interval]", and the mean %."""
+    out = pd.DataFrame(index=table.index)
+    out["λ"] = table["λ"].map(lambda x: "" if pd.isna(x) else f"{x:g}")
+    for t in TASKS:
+        out[f"{t.upper()} acc. % [95% CI]"] = [f"{100 * r[t]:.1f} [{100 * r[t + ' low']:.1f}, {100 * r[t + ' high']:.1f}]"
+                                              for _, r in table.iterrows()]
+    out["mean %"] = (100 * table["mean"]).round(1)
+    return out
+
+
+@presentation
+def comparisons_table(comp: pd.DataFrame) -> pd.DataFrame:
+    """The differences in accuracy points with their 95% paired intervals; * marks an interval that excludes 0."""
+    cell = [f"{100 * r.difference:+.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}]" + (" *" if r.real else "")
+            for r in comp.itertuples()]
+    df = comp.assign(task=comp["task"].str.upper(), cell=cell)
+    table = df.pivot_table(index=["kind", "comparison"], columns="task", values="cell", aggfunc="first", sort=False)
+    return table.fillna("")  # a comparison made on one task only
+
+
+@presentation
+def hparam_table(s: Settings) -> pd.DataFrame:
+    """Learning rate / steps / batch per task and kind at these settings (for the provenance)."""
     rows = [{"task": t.upper(), "kind": k, **s.hparams[t][k]} for t in TASKS for k in KINDS]
     return pd.DataFrame(rows).set_index(["task", "kind"])
 
 
 @presentation
-def sweep_figure(sweep: "pd.DataFrame", zero_shot: Mapping[str, float], *, title: str | None = None):
+def sweep_figure(sweep: pd.DataFrame, zero_shot: Mapping[str, float], *, title: str | None = None):
     """The paper's Figure 6: accuracy on each task of θ = λθ_MNLI + (1−λ)θ_RTE against λ, one panel per
-    module kind, with the base model's zero-shot accuracy on each task dashed in that task's colour."""
-    import pandas as pd
-
+    module kind, with the base model's zero-shot accuracy on each task dashed in that task's colour and,
+    when `sweep` has `accuracy_low` / `accuracy_high` (:func:`sweep_intervals`), each line's 95% band."""
     from . import plots
 
     df = sweep.assign(task=sweep["task"].str.upper())
     refs = pd.DataFrame([{"task": t.upper(), "label": f"base model, zero-shot {t.upper()}", "value": float(v)}
                          for t, v in zero_shot.items()])
-    return plots.sweep(df, "accuracy", hue="task", col="kind", refs=refs, ylabel="accuracy", ncols=3, title=title)
+    band = ("accuracy_low", "accuracy_high") if {"accuracy_low", "accuracy_high"} <= set(df.columns) else None
+    return plots.sweep(df, "accuracy", hue="task", col="kind", refs=refs, band=band, ylabel="accuracy", ncols=3,
+                       title=title)
 
+
+@presentation
+def curve_figure(curves: pd.DataFrame, zero_shot: Mapping[str, float], *, title: str | None = None):
+    """Each module's accuracy on its own task against its training steps, one panel per kind (its 95%
+    band when `curves` has `accuracy_low` / `accuracy_high`), with the base model zero-shot dashed."""
+    from . import plots
+
+    if curves.empty:
+        raise ValueError("no learning curves (settings.curve_points is 0)")
+    df = curves.assign(task=curves["task"].str.upper())
+    refs = pd.DataFrame([{"task": t.upper(), "label": f"base model, zero-shot {t.upper()}", "value": float(v)}
+                         for t, v in zero_shot.items()])
+    band = ("accuracy_low", "accuracy_high") if {"accuracy_low", "accuracy_high"} <= set(df.columns) else None
+    return plots.sweep(df, "accuracy", x="step", xlabel="training steps", hue="task", col="kind", refs=refs,
+                       band=band, ylabel="accuracy on its own task", ncols=3, title=title)
+
+
+@presentation
+def loss_table(curves: pd.DataFrame) -> pd.DataFrame:
+    """Training loss (mean of the last ten steps) at each curve point: rows (kind, task), columns step."""
+    df = curves.assign(task=curves["task"].str.upper())
+    return df.pivot_table(index=["kind", "task"], columns="step", values="loss", sort=False).round(3)

@@ -101,41 +101,149 @@ def test_smollm2_answers_are_single_tokens():
         assert len({v[0] for v in ids.values()}) == 3
 
 
-def test_merge_sweep_endpoints_are_the_single_modules_and_results_are_cached(shared_data, tmp_path):
-    profile = load_profile("smoke", chapters={"multitask": {"train_rows": {"mnli": 16, "rte": 16},
-                                                           "eval_rows": {"mnli": 12, "rte": 12}}})
+def tiny_profile():
+    return load_profile("smoke", chapters={"multitask": {"train_rows": {"mnli": 16, "rte": 16},
+                                                        "eval_rows": {"mnli": 12, "rte": 12}}})
+
+
+def test_task_modules_train_once_with_a_learning_curve_that_ends_at_the_module(shared_data, tmp_path, monkeypatch):
+    import pemnb.budget
+
+    profile = tiny_profile()
     s = M.settings(profile)
-    bench = DecoderBench(profile, "lora", cache=Cache(tmp_path), lora_r=s.lora_r, lora_alpha=s.lora_alpha,
-                         progress=False)
-    fmt = M.PromptFormat()
+    bench = M.make_bench(profile, "lora", s, cache=Cache(tmp_path), progress=False)
+    fmt = M.prompt_format(bench, s)
     tasks = {t: M.load_task(t, s, seed=0) for t in M.TASKS}
     examples = {t: M.training_examples(bench, t, d.train, fmt) for t, d in tasks.items()}
     # the answer tokens are the only scored labels: one answer token + EOS per example
     assert all(sum(x != -100 for x in e["labels"]) == 2 for e in examples["rte"])
-    modules = M.train_task_modules(bench, examples, s.hparams)
-    assert set(modules) == {"mnli", "rte"}
+    evaluator = M.Evaluator(bench, {t: M.EvalSet(t, d.eval, fmt, bench.tokenizer) for t, d in tasks.items()})
+    modules, curves = M.task_modules(bench, tasks, fmt, s, evaluator)
+    assert set(modules) == set(curves) == {"mnli", "rte"}
     assert not all(torch.equal(modules["mnli"][k], modules["rte"][k]) for k in modules["mnli"])
-    evalsets = {t: M.EvalSet(t, d.eval, fmt, bench.tokenizer) for t, d in tasks.items()}
-    ev = M.Evaluator(bench, evalsets, cache=Cache(tmp_path))
+    steps = s.hparams["rte"]["lora"]["steps"]
+    assert [r["step"] for r in curves["rte"]] == M.curve_steps(steps, s.curve_points) == [2, 4]
+    for t in M.TASKS:  # the curve's last point IS the module, scored on its own task's evaluation rows
+        own = M.answers(bench, modules[t], evaluator.evalsets[t])
+        assert curves[t][-1]["accuracy"] == own["accuracy"] and curves[t][-1]["predictions"] == own["predictions"]
+        assert all(np.isfinite(r["loss"]) for r in curves[t])
+    # stopping and resuming at the curve's points trains the module an uninterrupted run trains
+    straight = bench.train(examples["rte"], tag="straight", steps=steps, lr=s.hparams["rte"]["lora"]["lr"],
+                           batch_size=s.hparams["rte"]["lora"]["batch"])
+    for k in straight:
+        torch.testing.assert_close(modules["rte"][k], straight[k], atol=1e-6, rtol=1e-5)
+
+    def no_training(*a, **k):
+        raise AssertionError("trained a module that is in the cache")
+
+    monkeypatch.setattr(pemnb.budget, "train_module", no_training)
+    again, curves_again = M.task_modules(bench, tasks, fmt, s, evaluator)
+    assert curves_again == curves and all(torch.equal(again["rte"][k], modules["rte"][k]) for k in again["rte"])
+    assert M.task_modules(bench, tasks, fmt, s.replace(curve_points=0), evaluator)[1] == {"mnli": [], "rte": []}
+
+
+def test_evaluator_keeps_predictions_and_sweep_endpoints_are_the_single_modules(shared_data, tmp_path, monkeypatch):
+    import pemnb.multitask
+
+    profile = tiny_profile()
+    s = M.settings(profile)
+    bench = M.make_bench(profile, "lora", s, cache=Cache(tmp_path), progress=False)
+    fmt = M.prompt_format(bench, s)
+    tasks = {t: M.load_task(t, s, seed=0) for t in M.TASKS}
+    ev = M.Evaluator(bench, {t: M.EvalSet(t, d.eval, fmt, bench.tokenizer) for t, d in tasks.items()})
+    modules, _ = M.task_modules(bench, tasks, fmt, s, ev)
     rows = M.merge_sweep(ev, modules["mnli"], modules["rte"], "lora", s.lam_grid, progress=False)
     assert len(rows) == len(s.lam_grid) * 2
-    df = pd.DataFrame(rows).pivot_table(index="lam", columns="task", values="accuracy")
+    for r in rows:  # accuracy is the share of predictions equal to the labels, row by row
+        labels = ev.evalsets[r["task"]].labels
+        assert len(r["predictions"]) == len(labels) and r["accuracy"] == np.mean(np.asarray(r["predictions"]) == labels)
+    df = pd.DataFrame(rows).set_index(["lam", "task"])
     for task in M.TASKS:  # λ = 1 is the MNLI module, λ = 0 the RTE module: exactly
-        assert df.loc[1.0, task] == M.accuracy(bench, modules["mnli"], evalsets[task])
-        assert df.loc[0.0, task] == M.accuracy(bench, modules["rte"], evalsets[task])
+        for lam, name in ((1.0, "mnli"), (0.0, "rte")):
+            direct = M.answers(bench, modules[name], ev.evalsets[task])
+            assert df.loc[(lam, task), "predictions"] == direct["predictions"]
     # a second evaluation is read from the result cache (the model is not consulted)
-    bench.use(bench.identity())
-    hit = ev(A.merge(modules["mnli"], modules["rte"], 0.5, "lora"))
-    assert hit == {t: df.loc[0.5, t] for t in M.TASKS}
-    zero = ev(bench.identity())
-    table = M.summary(rows, zero)
-    assert table.loc[("lora", "MNLI module alone"), "λ"] == 1.0
-    assert table.loc[("lora", "RTE module alone"), "rte"] == df.loc[0.0, "rte"]
-    assert table.loc[("base", "instruction-tuned base (identity module, zero-shot)"), "mnli"] == zero["mnli"]
-    best = M.best_merge(rows, "lora")
-    assert best["mean"] == pytest.approx(max((df.loc[l, "mnli"] + df.loc[l, "rte"]) / 2 for l in df.index))
-    p = M.parity(bench, modules["rte"], evalsets["rte"], n=4)
+    monkeypatch.setattr(pemnb.multitask, "constrained_scores", lambda *a, **k: pytest.fail("evaluated again"))
+    hit = ev.accuracy(A.merge(modules["mnli"], modules["rte"], 0.5, "lora"))
+    assert hit == {t: df.loc[(0.5, t), "accuracy"] for t in M.TASKS}
+
+
+def test_parity_reads_the_evaluators_predictions(shared_data, tmp_path):
+    profile = tiny_profile()
+    s = M.settings(profile)
+    bench = M.make_bench(profile, "lora", s, cache=Cache(tmp_path), progress=False)
+    es = M.EvalSet("rte", M.load_task("rte", s, seed=0).eval, M.prompt_format(bench, s), bench.tokenizer)
+    own = M.answers(bench, bench.identity(), es)["predictions"]
+    p = M.parity(bench, bench.identity(), es, n=4, predictions=own)
+    assert p == M.parity(bench, bench.identity(), es, n=4)
     assert p["rows"] == 4 and p["agreement (answer + EOS)"] == 1.0 and 0.0 <= p["agreement (answer only)"] <= 1.0
+    assert es.head(4).prompts == es.prompts[:4] and es.head(4).fingerprint != es.fingerprint
+
+
+@pytest.fixture(scope="module")
+def chapter(tmp_path_factory):
+    return M.run_chapter(tiny_profile(), cache=Cache(tmp_path_factory.mktemp("mt-cache")), progress=False)
+
+
+def test_run_chapter_holds_what_the_page_shows(chapter):
+    r = chapter
+    s = r.settings
+    assert set(r.sweep["kind"]) == set(s.kinds) and len(r.sweep) == len(s.kinds) * len(s.lam_grid) * 2
+    assert set(r.curves["kind"]) == set(s.kinds) and len(r.curves) == len(s.kinds) * 2 * s.curve_points
+    assert list(r.parity.index) == list(M.TASKS) and (r.parity["agreement (answer + EOS)"] == 1.0).all()
+    for kind in s.kinds:  # each curve ends at its module: the sweep's endpoint on its own task
+        for task, lam in (("mnli", 1.0), ("rte", 0.0)):
+            last = r.curves[(r.curves["kind"] == kind) & (r.curves["task"] == task)].iloc[-1]
+            end = r.sweep[(r.sweep["kind"] == kind) & (r.sweep["task"] == task) & (r.sweep["lam"] == lam)].iloc[0]
+            assert last["predictions"] == end["predictions"]
+    table = M.summary(r)
+    base = table.loc[("base", "instruction-tuned base (identity module, zero-shot)")]
+    assert base["mnli"] == r.zero_shot["mnli"]["accuracy"]
+    assert (table["mnli low"] <= table["mnli"]).all() and (table["mnli"] <= table["mnli high"]).all()
+    assert table.loc[("lora", "MNLI module alone"), "λ"] == 1.0
+    assert table.loc[("lora", "RTE module alone"), "rte"] == M._at(r.sweep, "lora", "rte", 0.0)["accuracy"]
+    comp = M.comparisons(r).set_index(["kind", "comparison", "task"])
+    d = comp.loc[("lora", "RTE module − base (zero-shot)", "rte")]
+    assert d["difference"] == pytest.approx(table.loc[("lora", "RTE module alone"), "rte"] - base["rte"])
+    assert d["low"] <= d["difference"] <= d["high"] and d["real"] == (d["low"] > 0 or d["high"] < 0)
+    best = M.best_merge(r.sweep, "lora")
+    wide = r.sweep[r.sweep["kind"] == "lora"].pivot_table(index="lam", columns="task", values="accuracy")
+    assert best["mean"] == pytest.approx(wide.mean(axis=1).max())
+    shown = M.summary_table(table)
+    assert "predictions" not in shown.columns and shown.iloc[0, 1].count("[") == 1
+    bands = M.sweep_intervals(r)
+    assert "predictions" not in bands and (bands["accuracy_low"] <= bands["accuracy"]).all()
+
+
+def test_facts_are_flat_finite_and_follow_the_intervals(chapter):
+    from pemnb import record
+
+    f = M.facts(chapter)
+    run = record.Run("02_multitask", "smoke", commit=None, dirty=None, pemnb="x", machine="m", started="t")
+    for k, v in f.items():
+        run.fact(k, v)  # raises on NaN, None or a nested value
+    comp = M.comparisons(chapter).set_index(["kind", "comparison", "task"])
+    for kind in chapter.settings.kinds:
+        r = comp.loc[(kind, "MNLI module − base (zero-shot)", "mnli")]
+        word = "beats" if r["real"] and r["difference"] > 0 else "falls below" if r["real"] else "does not measurably differ from"
+        assert f[f"{kind}_mnli_vs_zero"] == word
+        assert f[f"{kind}_best_cost_mnli"] == pytest.approx(f[f"{kind}_mnli_on_mnli"] - f[f"{kind}_best_mnli"])
+    assert f["probe_chat"] == "this backbone has no chat template to compare with"  # the smoke model has none
+    assert f["n_modules"] == 2 * len(chapter.settings.kinds)
+
+
+def test_learning_curve_figure_and_loss_table(chapter):
+    curves = M.curve_intervals(chapter)
+    fig = M.curve_figure(curves, {t: chapter.zero_shot[t]["accuracy"] for t in M.TASKS})
+    assert len(fig.axes) >= len(chapter.settings.kinds)
+    from matplotlib.collections import PolyCollection
+
+    assert any(isinstance(c, PolyCollection) for c in fig.axes[0].collections)  # the 95% band
+    losses = M.loss_table(chapter.curves)
+    assert list(losses.columns) == [2, 4] and losses.notna().all().all()
+    assert M.curve_steps(32, 4) == [8, 16, 24, 32] and M.curve_steps(3, 4) == [1, 2, 3]
+    with pytest.raises(ValueError, match="positive"):
+        M.curve_steps(0, 4)
 
 
 def test_state_fingerprint_sees_every_value():
@@ -145,7 +253,7 @@ def test_state_fingerprint_sees_every_value():
     t["a.lora_B.weight"][0, 0] = 1.5
     assert M.state_fingerprint(s) != M.state_fingerprint(t)
     with pytest.raises(ValueError, match="no sweep rows"):
-        M.summary([])
+        M.best_merge(pd.DataFrame({"kind": ["lora"], "lam": [0.0], "task": ["rte"], "accuracy": [0.5]}), "fft")
     assert np.isclose(M.hparam_table(M.settings(load_profile("paper"))).loc[("MNLI", "fft"), "lr"], 2e-4)
 
 

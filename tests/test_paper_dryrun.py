@@ -98,6 +98,7 @@ def _timed(request):
 def launched(paper, request, monkeypatch):
     """Trains the test's chapter with `python -m pemnb.launch`'s function first; then any training in
     the chapter's own pipeline fails the test: the book must find every module in the cache."""
+    import pemnb.budget
     import pemnb.classify
     import pemnb.generative
     from pemnb import launch
@@ -111,6 +112,7 @@ def launched(paper, request, monkeypatch):
 
     monkeypatch.setattr(pemnb.classify, "train_module", no_training)
     monkeypatch.setattr(pemnb.generative, "train_module", no_training)
+    monkeypatch.setattr(pemnb.budget, "train_module", no_training)  # chapter 02's modules train with a curve
     return names
 
 
@@ -153,36 +155,22 @@ def test_01_distribution(paper, launched):
 
 def test_02_multitask(paper, launched):
     from pemnb import multitask as M
-    from pemnb.cache import Cache
 
     s = M.settings(paper)
     assert s.backbone == "t5-base" and s.lora_r == 32 and len(s.lam_grid) == 51
-    tasks = {t: M.load_task(t, s, seed=paper.seed) for t in M.TASKS}
-    cache = Cache()
-    bench = M.make_bench(paper, "lora", s, cache=cache, progress=False)
+    bench = M.make_bench(paper, "lora", s, progress=False)
     assert type(bench.model.base_model.model).__name__ == "T5ForConditionalGeneration"
     assert bench.profile.micro_batch == 32  # MNLI's 128 in 4 accumulated passes
-    fmt = M.prompt_format(bench, s)
-    for t in M.TASKS:  # the constrained answers are single tokens, so one-pass scoring is exact
-        ids = M.single_token_answers(bench.tokenizer, fmt.choices(t))
+    del bench
+    result = M.run_chapter(paper, s, progress=False)
+    for ids in result.answer_tokens.values():  # the constrained answers are single tokens: one-pass scoring is exact
         assert all(len(v) == 1 for v in ids.values()), ids
-    probe = M.format_probe(bench, tasks, s.format_probe_rows, s.eval_batch)
-    assert {r["format"] for r in probe} == {"raw prompt"}  # T5: no chat template
-    evalsets = {t: M.EvalSet(t, d.eval, fmt, bench.tokenizer) for t, d in tasks.items()}
-    sweep_rows = []
-    for kind in s.kinds:
-        if kind != bench.kind:
-            bench = M.make_bench(paper, kind, s, cache=cache, progress=False)
-        evaluator = M.Evaluator(bench, evalsets, s.eval_batch, cache=cache)
-        examples = {t: M.training_examples(bench, t, d.train, fmt) for t, d in tasks.items()}
-        modules = M.train_task_modules(bench, examples, s.hparams)
-        sweep_rows += M.merge_sweep(evaluator, modules["mnli"], modules["rte"], kind, s.lam_grid, progress=False)
-        if kind == s.parity_kind:
-            for t in M.TASKS:
-                par = M.parity(bench, modules[t], evalsets[t], s.parity_rows, s.num_beams)
-                assert par["agreement (answer + EOS)"] == 1.0, par
-    summary = M.summary(sweep_rows)
-    assert set(summary.index.get_level_values("kind")) == {"fft", "lora", "ia3"}
+    assert set(result.probe["format"]) == {"raw prompt"}  # T5: no chat template
+    assert (result.parity["agreement (answer + EOS)"] == 1.0).all(), result.parity
+    summary = M.summary(result)
+    assert set(summary.index.get_level_values("kind")) == {"base", "fft", "lora", "ia3"}
+    assert set(result.curves["kind"]) == {"fft", "lora", "ia3"}
+    assert M.facts(result)["n_modules"] == 6
 
 
 def test_03_unlearning(paper, launched):
