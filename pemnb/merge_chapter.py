@@ -227,6 +227,7 @@ class Scenario:
     metric: str = "accuracy"
     third: dict | None = None
     group_names: tuple[str, ...] = ("all rows",)
+    backbone: str = ""
 
     @property
     def rank(self) -> int:
@@ -271,7 +272,7 @@ def distribution_scenarios(profile: Profile, settings: Settings, *, progress: bo
                  "third": state_fingerprint(mods["fullset"])},
             note=f"{bench.profile.encoder}, {len(td.evalset)} evaluation rows, {metric}",
             labels=np.asarray(batches.labels).tolist(), groups=[0] * len(batches.labels), metric=metric,
-            third=mods["fullset"])
+            third=mods["fullset"], backbone=bench.profile.encoder)
 
 
 def _answer_accuracy(model, tokenizer, evalsets, batch_size: int) -> dict[str, Any]:
@@ -313,7 +314,7 @@ def multitask_scenario(profile: Profile, settings: Settings, *, progress: bool =
              "evaluation rows, mean accuracy",
         labels=[int(y) for es in evalsets.values() for y in es.labels],
         groups=[i for i, es in enumerate(evalsets.values()) for _ in range(len(es))], metric="accuracy",
-        group_names=tuple(t.upper() for t in evalsets))
+        group_names=tuple(t.upper() for t in evalsets), backbone=ms.backbone)
 
 
 # ------------------------------------------------------------------------------------------ sweeps
@@ -520,7 +521,7 @@ def run_chapter(profile: Profile, settings: Settings | None = None, *, cache: Ca
             costs += out["costs"]
             ops += out["operators"]
             rows[sc.name] = {"labels": list(sc.labels), "groups": list(sc.groups), "metric": sc.metric,
-                             "group_names": list(sc.group_names), "ends": list(sc.ends)}
+                             "group_names": list(sc.group_names), "ends": list(sc.ends), "backbone": sc.backbone}
             info.append({"scenario": sc.name, "from": sc.source, "model and evaluation": sc.note,
                          "LoRA rank r": sc.rank, "scaling α/r": sc.scaling,
                          "‖A₁−A₂‖ / ‖A‖": factor_difference(sc.theta1, sc.theta2, "A"),
@@ -570,8 +571,9 @@ def recommend(table: pd.DataFrame, tolerance: float, by: str = "score at λ=0.5"
        tuning data); methods without a score (not swept) are left out;
     2. "as good as the best" = quality within `tolerance` of the highest quality;
     3. among those, prefer a result that fits the live rank-r adapter (no new adapter, no dense ΔW kept
-       beside the base weights), then the smaller rank, then the smaller composed module, then the name
-       — deterministic properties of the method, never a measured time, so the pick does not move with
+       beside the base weights), then the smaller rank, then the smaller composed module, then the
+       earlier method in the registry (the paper's addition first; an unregistered name after, by name)
+       — deterministic properties of the methods, never a measured time, so the pick does not move with
        the noise of a clock.
 
     Returns {method, quality, best_method, best_quality, candidates, rule}.
@@ -582,15 +584,17 @@ def recommend(table: pd.DataFrame, tolerance: float, by: str = "score at λ=0.5"
     best = float(t[by].max())
     best_method = str(t.index[t[by].to_numpy() == best][0])
     cands = t[t[by] >= best - tolerance - 1e-12].copy()
+    order = {m: i for i, m in enumerate(ALL_METHODS)}  # the registry's order: the paper's addition first
+    cands["_order"] = [order.get(str(m), len(order)) for m in cands.index]
     cands["_name"] = cands.index.astype(str)
-    cands = cands.sort_values(["fits_live_adapter", "rank", "size_mib", "_name"], ascending=[False, True, True, True],
-                              kind="mergesort")
+    cands = cands.sort_values(["fits_live_adapter", "rank", "size_mib", "_order", "_name"],
+                              ascending=[False, True, True, True, True], kind="mergesort")
     pick = str(cands.index[0])
     return {"method": pick, "quality": float(t.loc[pick, by]), "best_method": best_method, "best_quality": best,
             "candidates": list(map(str, cands.index)), "tolerance": float(tolerance), "by": by,
             "rule": (f"among the methods whose mean {by} is within {tolerance * 100:g} points of the best, "
                      "take one whose result fits the live rank-r adapter, then the smallest rank, then the "
-                     "smallest module, then the first name")}
+                     "smallest module, then the first in the registry (the paper's addition first)")}
 
 
 # ------------------------------------------------------------------------------------ intervals
@@ -729,6 +733,7 @@ def facts(result: ChapterResult, *, n_boot: int = 1000) -> dict[str, Any]:
         out["sub_removes"] = wording.count_phrase(len(removes), sub["method"].nunique(), "method")
         out["sub_removes_list"] = ", ".join(shown(m) for m in removes) or "none"
         out["sub_task_removed"], out["sub_task_kept"] = names[1], names[0]
+    out["backbones"] = ", ".join(dict.fromkeys(v.get("backbone", "") for v in result.rows.values() if v.get("backbone")))
     out["n_rows_min"] = int(min(len(v["labels"]) for v in result.rows.values()))
     out["n_rows_max"] = int(max(len(v["labels"]) for v in result.rows.values()))
     out["wall_minutes"] = float(result.scenarios["minutes (when computed)"].sum())

@@ -170,7 +170,10 @@ def test_recommend_breaks_ties_by_rank_size_and_name_never_by_time():
         assert merge_chapter.recommend(table(even, fits, ranks=(8, 4, 8), times=times), 0.0)["method"] == "b"
         assert merge_chapter.recommend(table(even, fits, ranks=(4, 4, 4), sizes=(2.0, 1.0, 1.0), times=times),
                                        0.0)["candidates"] == ["b", "c", "a"]
-    assert merge_chapter.recommend(table(even, fits, index=("z", "y", "x")), 0.0)["method"] == "x"
+    assert merge_chapter.recommend(table(even, fits, index=("z", "y", "x")), 0.0)["method"] == "x"  # by name
+    # registered methods in the registry's order: the paper's addition before peft's linear and SVD
+    assert merge_chapter.recommend(table(even, [True] * 3, index=("svd", "linear", "paper")), 0.0)["candidates"] == [
+        "paper", "linear", "svd"]
 
 
 def test_quality_reads_lambda_half_and_the_best_lambda():
