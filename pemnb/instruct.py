@@ -43,7 +43,7 @@ PAPER_DATASET = "jinghan23/DatasetofPEMCompostition"   # gated by the authors: a
 PAPER_FILES = {"train": "toxic_datasets.json", "seeds": "seed_v0.json",
                "toxic": "toxic_seed_v1_t.json", "regular": "toxic_seed_v1_n.json"}
 
-HELDOUT_SMALL = 150  # held-out toxic comments the writer writes test instructions for at `small`
+HELDOUT_SMALL = 280  # held-out toxic comments at `small`: ≈ 22% kept → ≈ 60 toxic test instructions
 
 PRESETS: dict[str, dict] = {
     "smoke": dict(backbone=None, alpaca_adapter=None, lora_r=4, lora_alpha=8, targets=None, dropout=0.0,
@@ -54,12 +54,13 @@ PRESETS: dict[str, dict] = {
                   add_special_tokens=False, judge_tokens=4, gen_batch=8, test_source="offline",
                   train_source="offline"),
     # small: sized from costs measured on the 2-core CPU with one thread (SmolLM2-135M): ≈ 9–10 ms per
-    # training token (LoRA), 32 samples × 48 new tokens ≈ 19 s. 50 test instructions per kind (issue 18;
-    # the paper 100): held-out comments sized for the writer's measured yield (see the chapter's costs).
+    # training token (LoRA), 32 samples × 48 new tokens ≈ 19 s. 50 test instructions per kind (the paper
+    # 100). SmolLM2-135M as writer mostly echoes the comment: of 32 held-out comments it wrote 24 usable
+    # lines, 17 of them repeats of the comment, so 7 kept (22%); the comment pools are sized for that.
     "small": dict(backbone=None, alpaca_adapter=None, lora_r=8, lora_alpha=16,
                   targets=["q_proj", "k_proj", "v_proj", "o_proj"], dropout=0.1, max_length=128, batch_size=8,
                   alpaca_rows=600, alpaca_steps=60, alpaca_lr=1e-3, toxic_steps=60, toxic_lr=1e-3,
-                  train_comments=120, max_comment_words=40, seeds=24, shots=3, writer_tokens=32,
+                  train_comments=240, max_comment_words=40, seeds=24, shots=3, writer_tokens=32,
                   heldout_comments=HELDOUT_SMALL, regular_pool=150, n_test=50, lams=(0.3, 0.4, 0.5), pairwise_lam=0.5,
                   response_tokens=48, num_beams=1, repetition_penalty=1.3, add_special_tokens=False,
                   judge_tokens=6, gen_batch=8, test_source="offline", train_source="offline"),
@@ -537,6 +538,65 @@ class InstructBench(DecoderBench):
         return self.results.result({"what": what, "backbone": self.backbone, **key}, compute)
 
 
+# ------------------------------------------------------------------------------------------- the page's tables
+@presentation
+def provenance_rows(cfg: Settings, bench: "InstructBench", writer, judge, scorer, *, alpaca_rows: Sequence,
+                    train_comments: Sequence, held_comments: Sequence, alpaca_held: Sequence) -> dict[str, str]:
+    """The chapter's rows of the provenance table (:func:`pemnb.tables.provenance`): its model, data,
+    writer, judge, scorer and decoding."""
+    return {
+        "chapter_model": f"{bench.backbone}, LoRA r={cfg.lora_r} α={cfg.lora_alpha} on "
+                         f"{', '.join(cfg.targets) if cfg.targets else 'q_proj, v_proj'}, dropout {cfg.dropout}",
+        "instruction_LoRA": cfg.alpaca_adapter or f"trained here: {len(alpaca_rows)} Alpaca-sample rows, "
+                                                  f"{cfg.alpaca_steps} steps",
+        "toxic_training": f"{len(train_comments)} toxic comments → self-instruct pairs, {cfg.toxic_steps} steps × "
+                          f"batch {cfg.batch_size}, lr {cfg.toxic_lr:g}",
+        "test_pools": f"{len(held_comments)} held-out toxic comments, {len(alpaca_held)} held-out Alpaca "
+                      f"instructions → up to {cfg.n_test} toxic + {cfg.n_test} regular",
+        "writer": writer.name, "judge": f"{judge.name}; a score it does not write is read from its probabilities "
+                                        f"of the ten score tokens (expected rating)",
+        "repetition filter": f"a written instruction sharing ≥ {REPEAT_THRESHOLD:.0%} of its word pairs with its "
+                             f"comment is dropped",
+        "toxicity_scorer": f"{scorer.name} — {scorer.note}",
+        "decoding": f"{'greedy' if cfg.num_beams == 1 else str(cfg.num_beams) + ' beams'}, repetition penalty "
+                    f"{cfg.repetition_penalty}, {cfg.response_tokens} new tokens",
+    }
+
+
+@presentation
+def filter_table(training_stats: Mapping[str, Any], tests: pd.DataFrame) -> pd.DataFrame:
+    """What the writer wrote and what the filters kept, for the training pairs and the toxic test
+    instructions: comments, lines that were instructions at all, repeats of the comment dropped, the
+    repetition filter's rejection rate (repeats / instructions) and the instructions kept."""
+    rows = []
+    st = training_stats
+    if "repeats_dropped" in st:
+        usable = int(st["seeds_kept"] + st["fewshot_kept"] + st["repeats_dropped"])
+        rows.append({"set": "training pairs", "comments": int(st["comments"]), "instructions written": usable,
+                     "repeats dropped": int(st["repeats_dropped"]), "kept": int(st["pairs"])})
+    if "written" in tests.attrs:
+        rows.append({"set": "toxic test instructions", "comments": int(tests.attrs["comments"]),
+                     "instructions written": int(tests.attrs["written"]), "repeats dropped": int(tests.attrs["repeats"]),
+                     "kept": int(tests.attrs["written"] - tests.attrs["repeats"])})
+    df = pd.DataFrame(rows, columns=["set", "comments", "instructions written", "repeats dropped", "kept"])
+    df["rejection rate"] = [r / w if w else math.nan for r, w in zip(df["repeats dropped"], df["instructions written"])]
+    return df.set_index("set")
+
+
+@presentation
+def test_counts(tests: pd.DataFrame) -> pd.DataFrame:
+    """Per kind: how many test instructions, how many above the toxicity threshold, their mean toxicity."""
+    return tests.groupby("kind").agg(n=("instruction", "size"), above_threshold=("above_threshold", "sum"),
+                                     mean_instruction_toxicity=("instruction_toxicity", "mean"))
+
+
+@presentation
+def example_picks(tests: pd.DataFrame, toxic: int = 3, regular: int = 2) -> list[str]:
+    """The test instructions the examples table shows: the first few of each kind."""
+    return (list(tests[tests.kind == "toxic"]["instruction"][:toxic])
+            + list(tests[tests.kind == "regular"]["instruction"][:regular]))
+
+
 # ------------------------------------------------------------------------------------------- evaluation
 def pick_backend(bench: "InstructBench", role: str):
     """The writer/judge to use: an OpenAI-compatible endpoint when the user configured one
@@ -602,9 +662,9 @@ def comparison(scored: pd.DataFrame, models: Sequence[str], reference: str = ORI
 
     measures = [m for m in ("toxicity", "helpfulness") if m in scored]
     rows = []
-    for model in models:
+    for measure in measures:
         for kind in ("toxic", "regular"):
-            for measure in measures:
+            for model in models:
                 a, b = paired_rows(scored, model, reference, kind, measure)
                 if len(a) < 2:
                     continue
@@ -865,7 +925,7 @@ def facts(result: Result) -> dict[str, Any]:
             name = f"cmp_{measure}_{kind}"
             row = comp[(comp["measure"] == measure) & (comp["kind"] == kind)]
             if row.empty:
-                out[name + "_words"] = f"cannot be compared on {measure} for {kind} instructions (none were answered)"
+                out[name + "_words"] = f"has no {measure} to compare (no {kind} test instructions)"
                 continue
             ci = row.iloc[0]["ci"]
             out[name], out[name + "_low"], out[name + "_high"] = ci.estimate, ci.low, ci.high
@@ -878,8 +938,7 @@ def facts(result: Result) -> dict[str, Any]:
     out["backbone"] = str(result.backbone)
     out["toxic_steps"], out["batch_size"], out["lora_r"] = int(cfg.toxic_steps), int(cfg.batch_size), int(cfg.lora_r)
     out["response_tokens"] = int(cfg.response_tokens)
-    if cfg.alpaca_steps:
-        out["alpaca_steps"] = int(cfg.alpaca_steps)
-    if cfg.alpaca_rows:
-        out["alpaca_rows"] = int(cfg.alpaca_rows)
+    out["instruction_lora"] = (f"is the published adapter {cfg.alpaca_adapter}" if cfg.alpaca_adapter else
+                               f"(r = {cfg.lora_r}) is trained here for {cfg.alpaca_steps} steps on "
+                               f"{cfg.alpaca_rows} Alpaca-sample rows")
     return out

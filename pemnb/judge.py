@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .evaluate import answer_probabilities, generate_texts
+from .syntax import presentation
 
 Message = Mapping[str, str]
 Conversation = Sequence[Message]
@@ -80,6 +81,19 @@ def judge_messages(instruction: str, response: str) -> list[dict]:
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
 
 
+@presentation
+def print_prompts(comment: str) -> None:
+    """Print the three prompts (Figures 9–11) filled in for one comment, as the writer and judge see them."""
+    for title, msgs in [("Figure 9 — seed prompt (zero-shot)", seed_messages(comment)),
+                        ("Figure 10 — few-shot prompt", fewshot_messages([{"instruction": "<seed instruction>",
+                                                                           "output": "<seed comment>"}], comment)),
+                        ("Figure 11 — helpfulness judge", judge_messages("<instruction>", "<response>"))]:
+        print(f"===== {title}")
+        for m in msgs:
+            print(f"[{m['role']}] {m['content']}")
+        print()
+
+
 # ------------------------------------------------------------------------------------------- parsing
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(?!\.?\d)")
 
@@ -110,7 +124,10 @@ REFUSALS = ("sorry", "apologize", "refrain", "assist ", "help you", "i cannot", 
 _LEADS = ("this ", "the ", "analyzing", "no ", "your ", "it ", "someone ")  # official clear_from_json
 
 
-_MARKER = re.compile(r"instruction(?:\s+(?:is|was|would be))?\s*:\s*", re.IGNORECASE)
+# "Instruction: X", "The most likely instruction is: X", "… instruction is "X"", "… instruction based on the
+# provided output is "X"", "… instruction is to X" (a small writer's usual phrasings; X is what is kept)
+_MARKER = re.compile(r"instruction(?:\s+based on the (?:provided |given )?output)?(?:\s+(?:is|was|would be))?"
+                     r"(?:\s*:\s*|\s+(?=[\"“'])|\s+to\s+(?=\w))", re.IGNORECASE)
 
 
 def clean_instruction(text: str, max_words: int = 40) -> str | None:
@@ -121,10 +138,11 @@ def clean_instruction(text: str, max_words: int = 40) -> str | None:
     empty or over-long outputs.
     """
     line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
-    marker = _MARKER.search(line)  # "Instruction: X", "The most likely instruction is: X"
+    marker = _MARKER.search(line)
     if marker:
         line = line[marker.end():].strip()
-    line = line.strip(" \"'`*")
+        line = line[:1].upper() + line[1:]  # "… is to shut up" → "Shut up"
+    line = line.strip(" \"'`*“”")
     low = line.lower()
     if (not line or len(line.split()) > max_words or "http" in low or any(r in low for r in REFUSALS)
             or low.startswith(_LEADS) and not low.startswith(("the following", "no matter"))):

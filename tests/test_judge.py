@@ -165,6 +165,12 @@ def test_local_backend_on_a_smoke_model():
 def test_clean_instruction_finds_the_instruction_after_a_marker():
     assert J.clean_instruction("The most likely instruction is: 'Mock the senator.'") == "Mock the senator."
     assert J.clean_instruction("instruction: Write a rant.") == "Write a rant."
+    # a small writer's usual phrasings (SmolLM2-135M at `small`)
+    assert J.clean_instruction('The most likely input or instruction is "Bunch of hypocrites."') == "Bunch of hypocrites."
+    assert J.clean_instruction('The most likely input or instruction based on the provided output is "Tax the poor."'
+                               ) == "Tax the poor."
+    assert J.clean_instruction("The most likely input or instruction is to shut up and pay.") == "Shut up and pay."
+    assert J.clean_instruction("The most likely input or instruction is a joke that is meant to be funny.") is None
 
 
 # ------------------------------------------------------------------------------ expected ratings (G-Eval)
