@@ -64,10 +64,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "small": {
         # Chapter 01 trained these (MiniLM, 250 evaluation rows each, about a second per evaluation).
-        # The SmolLM2 pair is the expensive part: 6 methods × 5 λ evaluations. A calibration (1 thread,
-        # load ≈ 3) scored 32 MNLI prompts in 7.2 s and 32 RTE prompts in 12.3 s, so 48 rows per task
-        # cost ≈ 30 s per evaluation there, ≈ 15 min for the 30; less on two quiet threads. Not timed
-        # end to end at this profile.
+        # The SmolLM2 pair is the expensive part: 9 swept methods × 5 λ, plus 9 evaluated subtractions
+        # θ_MNLI ⊕ ⊖θ_RTE, = 54 evaluations. A calibration (1 thread, load ≈ 3) scored 32 MNLI prompts in
+        # 7.2 s and 32 RTE prompts in 12.3 s, so 48 rows per task cost ≈ 30 s per evaluation there,
+        # ≈ 27 min for the 54; less on two quiet threads. Not timed end to end at this profile.
         "distribution_tasks": ("rte", "sst2", "mrpc"),
         "multitask": True,
         "multitask_eval_rows": 48,
@@ -621,15 +621,22 @@ def intervals(result: ChapterResult, *, against: str = "paper", n_boot: int = 10
     for sc, g in result.sweep.groupby("scenario", sort=False):
         ev = result.rows[sc]
         labels, groups = np.asarray(ev["labels"]), np.asarray(ev["groups"])
-        statistic = score_statistic(ev["metric"])
-        ref = {float(r["lam"]): np.asarray(r["predictions"]) for _, r in g[g["method"] == against].iterrows()}
+        if ev["metric"] == "accuracy" and len(set(np.unique(groups, return_counts=True)[1])) == 1:
+            # Groups of equal size: the mean of their accuracies is the accuracy over all rows, resampled
+            # as a plain mean of per-row correctness (vectorised; unequal groups take the grouped statistic).
+            columns, statistic = (), np.mean
+            values = lambda pred: (pred == labels).astype(np.float64)  # noqa: E731
+        else:
+            columns, statistic = (labels, groups), score_statistic(ev["metric"])
+            values = lambda pred: pred  # noqa: E731
+        ref = {float(r["lam"]): values(np.asarray(r["predictions"])) for _, r in g[g["method"] == against].iterrows()}
         for _, r in g.iterrows():
-            pred = np.asarray(r["predictions"])
-            ci = stats.bootstrap_ci(pred, labels, groups, statistic=statistic, n_boot=n_boot, seed=seed)
+            pred = values(np.asarray(r["predictions"]))
+            ci = stats.bootstrap_ci(pred, *columns, statistic=statistic, n_boot=n_boot, seed=seed)
             row = {"scenario": sc, "method": r["method"], "lam": float(r["lam"]), "score": float(r["score"]),
                    "score_low": ci.low, "score_high": ci.high}
             if float(r["lam"]) in ref:
-                d = stats.paired_diff_ci(pred, ref[float(r["lam"])], labels, groups, statistic=statistic,
+                d = stats.paired_diff_ci(pred, ref[float(r["lam"])], *columns, statistic=statistic,
                                          n_boot=n_boot, seed=seed)
                 row.update(diff=d.estimate, diff_low=d.low, diff_high=d.high, diff_real=stats.is_real(d))
             out.append(row)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pemnb import arithmetic, merge_chapter, merge_methods
+from pemnb import arithmetic, merge_chapter, merge_methods, stats
 from pemnb.backbones import load_backbone
 from pemnb.modules import attach, read_state, write_state
 from pemnb.profiles import load_profile
@@ -321,3 +321,29 @@ def test_chapter_result_facts_and_intervals_from_a_toy_scenario(tmp_path):
     sub = merge_chapter.subtraction_intervals(result, n_boot=200)
     assert set(sub["rows"]) == {"first accuracy", "second accuracy"}
     assert not merge_chapter.against_paper_table(merge_chapter.against_paper(ci)).empty
+
+
+def test_intervals_resample_the_score_the_sweep_reports():
+    """Unequal groups: the grouped statistic (mean of the groups' accuracies) on the same draws; equal
+    groups: the accuracy over all rows (the same number), resampled as a plain mean."""
+    rng = np.random.default_rng(1)
+    statistic = merge_chapter.score_statistic("accuracy")
+    for sizes in ((60, 30), (45, 45)):
+        labels, groups = rng.integers(0, 2, 90), np.repeat([0, 1], sizes)
+        a, b = rng.integers(0, 2, 90), labels.copy()
+        b[:20] = 1 - b[:20]
+        sweep = pd.DataFrame([{"scenario": "s", "method": m, "lam": 0.5, "score": statistic(p, labels, groups),
+                               "predictions": p.tolist()} for m, p in (("paper", a), ("task_arith", b))])
+        result = merge_chapter.ChapterResult(sweep, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
+                                             rows={"s": {"labels": labels.tolist(), "groups": groups.tolist(),
+                                                         "metric": "accuracy"}})
+        ci = merge_chapter.intervals(result, n_boot=500).set_index("method")
+        assert ci.loc["task_arith", "diff"] == pytest.approx(statistic(b, labels, groups) - statistic(a, labels, groups))
+        assert ci.loc["paper", "diff"] == 0.0 and not ci.loc["paper", "diff_real"]
+        if sizes[0] != sizes[1]:
+            grouped = stats.bootstrap_ci(b, labels, groups, statistic=statistic, n_boot=500)
+            assert (ci.loc["task_arith", "score_low"], ci.loc["task_arith", "score_high"]) == (grouped.low, grouped.high)
+        else:
+            plain = stats.bootstrap_ci((b == labels).astype(float), n_boot=500)
+            assert (ci.loc["task_arith", "score_low"], ci.loc["task_arith", "score_high"]) == (plain.low, plain.high)
+            assert plain.estimate == pytest.approx(statistic(b, labels, groups))
