@@ -108,12 +108,3 @@ def one_factor_gap(alpaca: State, toxic: State, lams: Sequence[float], scaling: 
             rows.append({"lam": float(lam), "negated": name,
                          "relative ΔW error": A.relative_error(A.delta_weights(state, scaling), target)})
     return pd.DataFrame(rows).pivot(index="lam", columns="negated", values="relative ΔW error")
-
-
-# ------------------------------------------------------------------------------------------ chapter 04
-def transfer_accuracy(bench, state: State, ev: Mapping[str, Any], batch_size: int = 16) -> float:
-    """Test accuracy on a target domain's rows (``pemnb.domain_transfer.eval_set``) of the decoder bench
-    carrying `state`, by constrained answering as chapter 04 scores it."""
-    from .domain_transfer import ANSWERS, accuracies
-
-    return accuracies(bench.choice_scores(state, ev["prompts"], ANSWERS, batch_size=batch_size), ev)["accuracy"]

@@ -60,14 +60,3 @@ def test_one_factor_negation_is_exact_when_only_that_factor_moved():
     assert (gap["A only"] < 1e-6).all() and (gap["A and B (stated)"] < 1e-6).all() and (gap["B only"] > 0.01).all()
     one = E.one_factor(alp, tox_a, 0.5, "B")
     assert torch.equal(one["l.lora_A.weight"], alp["l.lora_A.weight"])
-
-
-def test_transfer_accuracy_reads_the_test_rows_only():
-    import numpy as np
-
-    class Bench:  # scores answer 0 for every prompt
-        def choice_scores(self, state, prompts, choices, batch_size=16):
-            return np.tile([0.0, -1.0], (len(prompts), 1))
-
-    ev = {"prompts": ["a", "b", "c", "d"], "labels": np.array([1, 1, 0, 1]), "is_dev": np.array([True, True, False, False])}
-    assert E.transfer_accuracy(Bench(), {}, ev) == 0.5

@@ -182,22 +182,14 @@ def test_03_unlearning(paper, launched):
     train_texts, held, counts = U.toxic_comments(cfg, paper.seed)
     scorer = load_toxicity_scorer("profanity")  # Detoxify's checkpoint is a download
     lab = U.UnlearningLab(paper, scorer, U.wikitext(cfg), cfg=cfg, progress=False)
-    modules = {kind: lab.train(kind, train_texts) for kind in cfg.kinds}
+    result = lab.run(train_texts)  # train, measure, sweep λ, ablate
     assert type(lab.bench("lora").model.base_model.model).__name__ == "GPT2LMHeadModel"
-    base = lab.measure("lora", lab.identity("lora"), model="base", op="base", lam=0.0)
-    rows = [base]
-    for kind, theta in modules.items():
-        sweep = [lab.measure(kind, A.negate(theta, kind, lam), model=U.method_name(kind, "negated", lam),
-                             op="negated", lam=lam) for lam in cfg.lam_grid if lam > 0]
-        chosen = U.select_lambda([0.0] + [r["lam"] for r in sweep], [base["ppl"]] + [r["ppl"] for r in sweep],
-                                 base["ppl"])
-        assert chosen in cfg.lam_grid
-        rows += sweep
-        for lam in cfg.ablation_lams.get(kind, ()):
-            rows.append(lab.measure(kind, A.ablate(theta, kind, lam), model=U.method_name(kind, "ablation", lam),
-                                    op="ablation", lam=lam))
-    table = U.summary_table(rows, scorer.name)
-    assert len(table) > 0 and np.isfinite(base["ppl"])
+    for kind in cfg.kinds:
+        assert result.chosen[kind] in cfg.lam_grid
+        assert [r["lam"] for r in result.sweep if r["kind_id"] == kind] == list(cfg.lam_grid)
+    table = U.summary_table(result.table_rows(), result.base, scorer.name)
+    assert len(table) > 0 and np.isfinite(result.base["ppl"])
+    assert U.facts(result)["n_samples"] == cfg.n_samples
 
 
 def test_04_domain_transfer(paper, launched):
@@ -205,14 +197,16 @@ def test_04_domain_transfer(paper, launched):
 
     S = dt.settings(paper)
     assert S.backbones == ("t5-base", "t5-small") and S.template == "{text}" and S.chunk == 128
-    df, info = dt.run(paper, S, progress=False)
+    result = dt.run(paper, S, progress=False)
+    df = result.rows
     assert set(df["backbone"]) == {"t5-base", "t5-small"} and set(df["kind"]) == {"fft", "lora", "ia3"}
     analogy = df[df["method"] == "analogy"]
     assert sorted(set(analogy["lam"])) == sorted(S.lam_grid)
     dt.transfer_table(df)
-    dt.gains(df)
+    dt.gains_table(df, result.labels)
     for b in S.backbones:
-        dt.sweep_figure(df, b)
+        dt.sweep_figure(df, b, labels=result.labels)
+    assert dt.facts(result)["n_cases"] == 6
 
 
 def test_05_instruction_detox(paper, launched):
