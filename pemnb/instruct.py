@@ -8,8 +8,11 @@ few-shot prompts, :mod:`pemnb.judge`); θ_tox = θ_alp continued on that set; th
     θ = θ_alp ⊖ λΔ = θ_alp − λ(θ_tox − θ_alp)      (A and B factor-wise, λ ∈ {0.3, 0.4, 0.5}),
 
 and the official code's variant (``peft_merge.py:204-271``) A = A_alp + λ(A_alp − A_tox),
-B = B_alp + λ(B_alp + B_tox) for comparison; test instructions built the paper's way; batched response
-generation with the Alpaca template; toxicity, helpfulness and pairwise evaluation.
+B = B_alp + λ(B_alp + B_tox) for comparison (both pure functions in :mod:`pemnb.arithmetic`); test
+instructions built the paper's way, without written instructions that merely repeat their comment;
+batched response generation with the Alpaca template; toxicity, helpfulness (the judge's score, else its
+expected rating) and pairwise evaluation; paired bootstrap intervals against θ_alp; :func:`facts`, the
+numbers and phrases the chapter's prose quotes.
 """
 from __future__ import annotations
 
@@ -937,7 +940,7 @@ def facts(result: Result) -> dict[str, Any]:
     # the scale, for the paragraph on why `small` differs from the paper
     out["backbone"] = str(result.backbone)
     out["toxic_steps"], out["batch_size"], out["lora_r"] = int(cfg.toxic_steps), int(cfg.batch_size), int(cfg.lora_r)
-    out["response_tokens"] = int(cfg.response_tokens)
+    out["response_tokens"], out["pairwise_lam"] = int(cfg.response_tokens), float(cfg.pairwise_lam)
     out["instruction_lora"] = (f"is the published adapter {cfg.alpaca_adapter}" if cfg.alpaca_adapter else
                                f"(r = {cfg.lora_r}) is trained here for {cfg.alpaca_steps} steps on "
                                f"{cfg.alpaca_rows} Alpaca-sample rows")
