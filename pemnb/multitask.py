@@ -400,10 +400,16 @@ def format_probe(bench, tasks: Mapping[str, TaskData], n: int, batch_size: int =
 
 
 def curve_steps(steps: int, points: int) -> list[int]:
-    """`points` evenly spaced step counts ending at `steps` (fewer when the run is shorter)."""
+    """About `points` evenly spaced step counts ending at `steps` (fewer when the run is shorter), all
+    multiples of the largest divisor g of `steps` that leaves room for them: the curve's run checkpoints
+    every gcd of its points, so e.g. 30 steps give [6, 12, 24, 30] (5 checkpoints), not [8, 15, 22, 30]
+    (a checkpoint, optimizer state included, after every step; a prime step count cannot avoid that)."""
     if steps <= 0 or points <= 0:
         raise ValueError(f"need positive steps and points, got steps={steps}, points={points}")
-    return sorted({max(1, round(steps * i / points)) for i in range(1, points + 1)})
+    g = max((d for d in range(1, steps + 1) if steps % d == 0 and steps // d >= points), default=1)
+    m = steps // g  # the multiples of g up to `steps`; `points` of them, evenly spread, the last included
+    return sorted({g * max(1, round(m * i / points)) for i in range(1, points + 1)}) if m >= points else \
+        [g * i for i in range(1, m + 1)]
 
 
 def train_task_module(bench, task: str, examples: Sequence[dict], hp: Mapping[str, Any], evaluator: Evaluator,
@@ -815,3 +821,100 @@ def loss_table(curves: pd.DataFrame) -> pd.DataFrame:
     """Training loss (mean of the last ten steps) at each curve point: rows (kind, task), columns step."""
     df = curves.assign(task=curves["task"].str.upper())
     return df.pivot_table(index=["kind", "task"], columns="step", values="loss", sort=False).round(3)
+
+
+# ------------------------------------------------------------------------------------------- budget
+def budget_curves(profile: Profile, s: Settings | None = None, *, kinds: Sequence[str] | None = None,
+                  points: Sequence[int] = (32, 64, 128), lr: Mapping[str, float] | None = None,
+                  heldout: int = 100, tasks: Sequence[str] = TASKS, progress: bool = True) -> list[dict]:
+    """Learning curves for choosing chapter 02's training budget (steps, learning rate) by measurement.
+
+    Per task and kind: ONE training run (:func:`pemnb.budget.learning_curve`) on the task's training rows
+    minus `heldout` of them, scored at each of `points` on those held-out rows — never on the evaluation
+    rows the page reports — beside the base model zero-shot on the same rows. Rows {task, kind, lr, batch,
+    step, loss, accuracy, accuracy_low, accuracy_high, zero_shot, gain_low, gain_high, beats_zero_shot,
+    heldout, seconds}; `beats_zero_shot`: the paired 95% interval of accuracy − zero-shot lies above 0.
+    `lr` overrides the settings' learning rate per kind; the batch is the settings'.
+    """
+    import gc
+
+    from . import stats
+    from .budget import learning_curve
+    from .modules import read_state, write_state
+
+    s = s if s is not None else settings(profile)
+    rows = []
+    for kind in kinds or s.kinds:
+        bench = make_bench(profile, kind, s, progress=False)
+        fmt = prompt_format(bench, s)
+        for task in tasks:
+            td = load_task(task, s, seed=profile.seed)
+            held, rest = data.split_off(td.train, heldout, profile.seed + 2)
+            es = EvalSet(task, held, fmt, bench.tokenizer)
+            zero = answers(bench, bench.identity(), es, s.eval_batch)
+            hp = s.hparams[task][kind]
+            rate = float((lr or {}).get(kind, hp["lr"]))
+
+            def score(model) -> dict[str, Any]:
+                bench.forget_writer()
+                return answers(bench, read_state(model), es, s.eval_batch)
+
+            write_state(bench.model, bench.init_state)
+            curve = learning_curve(bench.model, training_examples(bench, task, rest, fmt), score, points=points,
+                                   lr=rate, batch_size=int(hp["batch"]), seed=profile.seed,
+                                   pad_token_id=bench.tokenizer.pad_token_id, desc=f"{kind} {task}",
+                                   progress=progress, micro_batch_size=bench.profile.micro_batch)
+            bench.forget_writer()
+            for r in curve:
+                pred = np.asarray(r["predictions"])
+                ci = stats.bootstrap_ci(pred, es.labels, statistic=stats.accuracy, n_boot=N_BOOT)
+                gain = stats.paired_diff_ci(pred, np.asarray(zero["predictions"]), es.labels,
+                                            statistic=stats.accuracy, n_boot=N_BOOT)
+                row = {"task": task, "kind": kind, "lr": rate, "batch": int(hp["batch"]), "step": int(r["step"]),
+                       "loss": float(r["loss"]), "accuracy": ci.estimate, "accuracy_low": ci.low,
+                       "accuracy_high": ci.high, "zero_shot": zero["accuracy"], "gain_low": gain.low,
+                       "gain_high": gain.high, "beats_zero_shot": bool(gain.low > 0), "heldout": len(es),
+                       "seconds": float(r["seconds"])}
+                rows.append(row)
+                print(f"{task:4s} {kind:4s} lr={rate:g} step {row['step']:5d}  loss {row['loss']:.3f}  accuracy "
+                      f"{row['accuracy']:.3f} [{row['accuracy_low']:.3f}, {row['accuracy_high']:.3f}]  zero-shot "
+                      f"{row['zero_shot']:.3f}  {'beats' if row['beats_zero_shot'] else 'does not beat'} it  "
+                      f"{row['seconds']:.0f}s", flush=True)
+        del bench
+        gc.collect()
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import json
+
+    from .profiles import load_profile
+
+    ap = argparse.ArgumentParser(prog="python -m pemnb.multitask",
+                                 description="Chapter 02 tools at $PEMNB_PROFILE (default small).")
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("budget", help="learning curves on held-out training rows, for choosing steps and lr")
+    b.add_argument("--kinds", default="lora,ia3,fft")
+    b.add_argument("--tasks", default=",".join(TASKS))
+    b.add_argument("--points", default="32,64,128", help="step counts of one run per task and kind")
+    b.add_argument("--lr", default="", help="kind=rate,… overriding the chapter's learning rates")
+    b.add_argument("--heldout", type=int, default=100, help="training rows held out to score on")
+    b.add_argument("--out", default=None, help="JSON Lines file to append the rows to")
+    a = ap.parse_args(None if argv is None else list(argv))
+    profile = load_profile()
+    lr = {k: float(v) for k, v in (x.split("=") for x in a.lr.split(",") if x)}
+    rows = budget_curves(profile, kinds=a.kinds.split(","), tasks=a.tasks.split(","),
+                         points=[int(x) for x in a.points.split(",")], lr=lr, heldout=a.heldout)
+    if a.out:
+        from pathlib import Path
+
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(a.out, "a") as f:
+            for r in rows:
+                f.write(json.dumps({"profile": profile.name, **r}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -242,6 +242,8 @@ def test_learning_curve_figure_and_loss_table(chapter):
     losses = M.loss_table(chapter.curves)
     assert list(losses.columns) == [2, 4] and losses.notna().all().all()
     assert M.curve_steps(32, 4) == [8, 16, 24, 32] and M.curve_steps(3, 4) == [1, 2, 3]
+    assert M.curve_steps(30, 4) == [6, 12, 24, 30] and M.curve_steps(12, 4) == [3, 6, 9, 12]
+    assert M.curve_steps(31, 4) == [8, 16, 23, 31]  # a prime step count leaves no common divisor
     with pytest.raises(ValueError, match="positive"):
         M.curve_steps(0, 4)
 
@@ -268,3 +270,25 @@ def test_sweep_figure_draws_each_tasks_zero_shot_in_its_colour():
     dashed = {float(ln.get_ydata()[0]): ln.get_color() for ln in ax.lines if ln.get_linestyle() == "--"}
     assert set(dashed) == {0.4, 0.6} and len(solid) == 2
     assert dashed[0.4] != dashed[0.6] and set(dashed.values()) == solid
+
+
+def test_budget_curves_score_held_out_training_rows(shared_data, tmp_path, capsys, monkeypatch):
+    import json
+
+    profile = tiny_profile()
+    rows = M.budget_curves(profile, kinds=["lora"], tasks=["rte"], points=[1, 3], lr={"lora": 1e-2}, heldout=6,
+                           progress=False)
+    assert [r["step"] for r in rows] == [1, 3] and all(r["heldout"] == 6 and r["lr"] == 1e-2 for r in rows)
+    for r in rows:
+        assert r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"] and np.isfinite(r["loss"])
+        assert r["beats_zero_shot"] == (r["gain_low"] > 0)
+    assert "step     3" in capsys.readouterr().out
+    # the command the budget search runs, at the profile of $PEMNB_PROFILE
+    out = tmp_path / "curves.jsonl"
+    monkeypatch.setenv("PEMNB_PROFILE", "smoke")
+    monkeypatch.setenv("PEMNB_PROFILE_OVERRIDES", json.dumps({"chapters": {"multitask": {
+        "train_rows": {"mnli": 16, "rte": 16}, "eval_rows": {"mnli": 12, "rte": 12}}}}))
+    assert M.main(["budget", "--kinds", "ia3", "--tasks", "mnli", "--points", "2", "--heldout", "4",
+                   "--out", str(out)]) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["kind"], r["task"], r["step"], r["profile"]) for r in lines] == [("ia3", "mnli", 2, "smoke")]
