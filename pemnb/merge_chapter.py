@@ -138,6 +138,21 @@ def method_settings(methods: Sequence[str] = ALL_METHODS) -> tuple[str, ...]:
     return tuple(dict.fromkeys(fields))
 
 
+def method_parameters(settings: Settings, methods: Sequence[str] = ALL_METHODS) -> dict[str, str]:
+    """{display name: the parameters it runs with at these settings} for every method that has any (the
+    LoRA scaling, which comes from the adapter, left out): what a page's provenance table shows."""
+    out = {}
+    for m in methods:
+        meth = merge_methods.METHODS[m]
+        given = meth.kwargs(settings, scaling=1.0)
+        shown = [f"{p.name}: {p.doc}" if given.get(p.name, p.default) is None and p.doc else
+                 f"{p.name} {given.get(p.name, p.default)!r}" + (f" ({p.setting})" if p.name in given else "")
+                 for p in meth.params if p.setting != merge_methods.ADAPTER]
+        if shown:
+            out[meth.display] = ", ".join(shown)
+    return out
+
+
 def compose_pair(method: str, theta1, theta2, lam: float, settings: Settings, scaling: float):
     """method(θ₁, θ₂) with weights (λ, 1−λ): a LoRA state or a DenseDelta."""
     return merge_methods.compose(method, [theta1, theta2], [lam, 1.0 - lam], **method_kwargs(method, settings, scaling))
@@ -360,7 +375,9 @@ def operator_rows(scenario: Scenario, settings: Settings, methods: Sequence[str]
       `evaluate`, and when the modules carry no head (a head would be summed, not negated), also its
       metrics and per-row predictions on the live model: does it remove what θ₂ taught?
     - ``analogy`` (when the scenario has a third module θ₃): merge(θ₃, θ₂, ⊖θ₁) with weights
-      (½, ½, ½) — the form of chapter 04's analogy λθ₃ ⊕ (1−λ)(θ₂ ⊖ θ₁) at λ = ½ — against its exact update.
+      (½, ½, ½) — the form of chapter 04's analogy λθ₃ ⊕ (1−λ)(θ₂ ⊖ θ₁) at λ = ½ — against its exact update;
+      with `evaluate` also its metrics and predictions, to compare with the exact analogy's (every method
+      combines a head the same way, Σ wᵢhᵢ, so that comparison is not confounded by the head).
     Rows {scenario, method, check, error, and for evaluated rows metrics…, predictions}.
     """
     from .sweep import apply_and_evaluate, restored
@@ -384,9 +401,15 @@ def operator_rows(scenario: Scenario, settings: Settings, methods: Sequence[str]
                                               scenario.evaluate, writer=writer))
             rows.append(row)
             if scenario.third is not None:
-                rows.append({"scenario": scenario.name, "method": m, "check": "analogy",
-                             "error": composition_error(m, [scenario.third, t2, negated(t1)], [0.5, 0.5, 0.5],
-                                                        settings, scenario.scaling)})
+                trio = [scenario.third, t2, negated(t1)]
+                row = {"scenario": scenario.name, "method": m, "check": "analogy",
+                       "error": composition_error(m, trio, [0.5, 0.5, 0.5], settings, scenario.scaling)}
+                if evaluate:  # compared with the exact analogy, whose head is combined the same way
+                    composed = merge_methods.compose(m, trio, [0.5, 0.5, 0.5], **kw)
+                    row.update(apply_and_evaluate(scenario.model, on_live_adapter(composed, scenario.rank,
+                                                                                  scenario.scaling),
+                                                  scenario.evaluate, writer=writer))
+                rows.append(row)
     return rows
 
 
@@ -610,6 +633,17 @@ def _grouped(fn, predictions, labels, groups) -> float:
     return float(np.mean(values))
 
 
+def _resampling(ev: Mapping[str, Any]):
+    """(values(predictions), columns, statistic) for a scenario's bootstrap: its score is
+    ``statistic(values(predictions), *columns)``."""
+    labels, groups = np.asarray(ev["labels"]), np.asarray(ev["groups"])
+    if ev["metric"] == "accuracy" and len(set(np.unique(groups, return_counts=True)[1])) == 1:
+        # Groups of equal size: the mean of their accuracies is the accuracy over all rows, resampled as
+        # a plain mean of per-row correctness (vectorised; unequal groups take the grouped statistic).
+        return (lambda pred: (np.asarray(pred) == labels).astype(np.float64)), (), np.mean
+    return (lambda pred: np.asarray(pred)), (labels, groups), score_statistic(ev["metric"])
+
+
 def intervals(result: ChapterResult, *, against: str = "paper", n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per scenario, method and λ: the score with its bootstrap interval over the evaluation rows
     (``score_low``, ``score_high``) and the paired difference from `against` at the same λ
@@ -619,16 +653,7 @@ def intervals(result: ChapterResult, *, against: str = "paper", n_boot: int = 10
         raise ValueError("the sweep rows carry no per-row predictions")
     out = []
     for sc, g in result.sweep.groupby("scenario", sort=False):
-        ev = result.rows[sc]
-        labels, groups = np.asarray(ev["labels"]), np.asarray(ev["groups"])
-        if ev["metric"] == "accuracy" and len(set(np.unique(groups, return_counts=True)[1])) == 1:
-            # Groups of equal size: the mean of their accuracies is the accuracy over all rows, resampled
-            # as a plain mean of per-row correctness (vectorised; unequal groups take the grouped statistic).
-            columns, statistic = (), np.mean
-            values = lambda pred: (pred == labels).astype(np.float64)  # noqa: E731
-        else:
-            columns, statistic = (labels, groups), score_statistic(ev["metric"])
-            values = lambda pred: pred  # noqa: E731
+        values, columns, statistic = _resampling(result.rows[sc])
         ref = {float(r["lam"]): values(np.asarray(r["predictions"])) for _, r in g[g["method"] == against].iterrows()}
         for _, r in g.iterrows():
             pred = values(np.asarray(r["predictions"]))
@@ -676,6 +701,32 @@ def subtraction_intervals(result: ChapterResult, n_boot: int = 1000, seed: int =
             out.append({"scenario": sc, "method": r["method"], "rows": f"{ev['group_names'][int(g)]} accuracy",
                         "group": int(g), "change": d.estimate, "change_low": d.low,
                         "change_high": d.high, "real": stats.is_real(d)})
+    return pd.DataFrame(out)
+
+
+def analogy_intervals(result: ChapterResult, *, exact: str = "task_arith", n_boot: int = 1000,
+                      seed: int = 0) -> pd.DataFrame:
+    """For the evaluated analogy rows: per scenario and method the score of the merged analogy with its
+    interval, and its paired difference from the exact analogy's (`exact`: the sum of updates) — does
+    the analogy survive the method's merge?"""
+    ops = result.operators
+    if ops.empty or "predictions" not in ops:
+        return pd.DataFrame()
+    rows = ops[(ops["check"] == "analogy") & ops["predictions"].notna()]
+    out = []
+    for sc, g in rows.groupby("scenario", sort=False):
+        values, columns, statistic = _resampling(result.rows[sc])
+        ref = g[g["method"] == exact]
+        if ref.empty:
+            continue
+        base = values(ref.iloc[0]["predictions"])
+        for _, r in g.iterrows():
+            pred = values(r["predictions"])
+            ci = stats.bootstrap_ci(pred, *columns, statistic=statistic, n_boot=n_boot, seed=seed)
+            d = stats.paired_diff_ci(pred, base, *columns, statistic=statistic, n_boot=n_boot, seed=seed)
+            out.append({"scenario": sc, "method": r["method"], "score": ci.estimate, "score_low": ci.low,
+                        "score_high": ci.high, "diff": d.estimate, "diff_low": d.low, "diff_high": d.high,
+                        "diff_real": stats.is_real(d)})
     return pd.DataFrame(out)
 
 
@@ -740,6 +791,20 @@ def facts(result: ChapterResult, *, n_boot: int = 1000) -> dict[str, Any]:
         out["sub_removes"] = wording.count_phrase(len(removes), sub["method"].nunique(), "method")
         out["sub_removes_list"] = ", ".join(shown(m) for m in removes) or "none"
         out["sub_task_removed"], out["sub_task_kept"] = names[1], names[0]
+    ana = analogy_intervals(result, n_boot=n_boot)
+    if not ana.empty:
+        n_ana = ana["scenario"].nunique()
+        out["analogy_pairs"] = int(n_ana)
+        for m, g in ana.groupby("method", sort=False):
+            out[f"analogy_score_{m}"] = float(g["score"].mean())
+            out[f"analogy_gap_{m}"] = float(g["diff"].mean())
+        survives = [m for m, g in ana.groupby("method", sort=False) if not g["diff_real"].any()]
+        out["analogy_survives"] = wording.count_phrase(len(survives), ana["method"].nunique(), "method")
+        out["analogy_survives_list"] = ", ".join(shown(m) for m in survives) or "none"
+        breaks = [shown(m) for m in ana["method"].unique() if m not in survives]
+        out["analogy_breaks"] = (f"{', '.join(breaks)} {'differs' if len(breaks) == 1 else 'differ'} from it by a "
+                                 "real amount on at least one pair" if breaks else
+                                 "no method's merged analogy differs from it by a real amount")
     out["backbones"] = ", ".join(dict.fromkeys(v.get("backbone", "") for v in result.rows.values() if v.get("backbone")))
     out["n_rows_min"] = int(min(len(v["labels"]) for v in result.rows.values()))
     out["n_rows_max"] = int(max(len(v["labels"]) for v in result.rows.values()))
@@ -786,6 +851,21 @@ def subtraction_table(sub: pd.DataFrame) -> pd.DataFrame:
     t["change [95% CI]"] = [f"{100 * c:+.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
                             for c, lo, hi in zip(t["change"], t["change_low"], t["change_high"])]
     return t.pivot_table(index="method", columns="rows", values="change [95% CI]", aggfunc="first", sort=False)
+
+
+@presentation
+def analogy_table(ana: pd.DataFrame) -> pd.DataFrame:
+    """Score of the merged analogy (×100) and its difference from the exact analogy's, with intervals,
+    per pair and method."""
+    if ana.empty:
+        return ana
+    t = ana.assign(method=ana["method"].map(_shown))
+    t["score [95% CI]"] = [f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+                           for v, lo, hi in zip(t["score"], t["score_low"], t["score_high"])]
+    t["minus exact [95% CI]"] = [f"{100 * v:+.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+                                 for v, lo, hi in zip(t["diff"], t["diff_low"], t["diff_high"])]
+    return t.pivot_table(index="method", columns="scenario", values=["score [95% CI]", "minus exact [95% CI]"],
+                         aggfunc="first", sort=False)
 
 
 def _shown(method: str) -> str:

@@ -347,3 +347,24 @@ def test_intervals_resample_the_score_the_sweep_reports():
             plain = stats.bootstrap_ci((b == labels).astype(float), n_boot=500)
             assert (ci.loc["task_arith", "score_low"], ci.loc["task_arith", "score_high"]) == (plain.low, plain.high)
             assert plain.estimate == pytest.approx(statistic(b, labels, groups))
+
+
+def test_method_parameters_show_what_each_method_runs_with():
+    shown = merge_chapter.method_parameters(SETTINGS)
+    assert shown["TIES"] == "density 0.5 (ties_density), majority 'total', normalize False"
+    assert shown["DARE"] == "drop_rate 0.5 (dare_drop_rate), seed 0 (dare_seed)"
+    assert shown["SVD (rank r)"].startswith("rank: ") and "paper (A, B added)" not in shown
+
+
+def test_the_analogy_is_evaluated_and_compared_with_the_exact_one():
+    sc = toy_scenario(head=True)
+    sc.third = random_like(sc.model, 9)
+    ops = pd.DataFrame(merge_chapter.operator_rows(sc, SETTINGS, methods=("paper", "task_arith", "knots")))
+    ana_rows = ops[ops["check"] == "analogy"]
+    assert ana_rows["predictions"].map(len).eq(12).all()
+    result = merge_chapter.ChapterResult(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), ops,
+                                         rows={"toy": {"labels": sc.labels, "groups": sc.groups, "metric": "accuracy"}})
+    ana = merge_chapter.analogy_intervals(result, n_boot=200).set_index("method")
+    assert ana.loc["task_arith", "diff"] == 0.0 and not ana.loc["task_arith", "diff_real"]
+    assert ana.loc["task_arith", "score"] == pytest.approx(ana_rows.set_index("method").loc["task_arith", "accuracy"])
+    assert not merge_chapter.analogy_table(ana.reset_index()).empty
