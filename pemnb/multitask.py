@@ -77,6 +77,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # FFT 12 steps of 8 prompts, per task), 15 evaluations of 220 prompts ≈ 15 min, probe and parity
         # ≈ 2 min; two threads are faster. FFT gets fewer steps: each updates (and Adam-tracks) all 135M
         # weights. Training prompts average 52 (MNLI) and 79 (RTE) tokens at max_length 128.
+        # The learning curves (curve_points) add three own-task evaluations per module: 18 of ≈ 110
+        # prompts, ≈ 6 min. Budgets to be chosen with `python -m pemnb.multitask budget` (issue 18).
         "backbone": None,  # profile.decoder (smollm2-135m: SmolLM2-135M-Instruct)
         "chat": False,
         "train_rows": {"mnli": 2000, "rte": 2490},
