@@ -535,7 +535,7 @@ def _prepare_knots(states: Sequence[State], *, merge: str = "ties", density: flo
 def knots(states: Sequence[State], weights: Sequence[float], *, merge: str = "ties", density: float = 0.2,
           majority: str = "total") -> dict[str, torch.Tensor]:
     """KnOTS (Stoica, Ramesh, Ecsedi, Choshen & Hoffman, ICLR 2025, "Model merging with SVD to tie the
-    KnOTS", Sec. 4): align the LoRA updates in one basis, then merge their coordinates there.
+    KnOTS", arXiv:2410.19735): align the LoRA updates in one basis, then merge their coordinates there.
 
     Per layer, the SVD of the updates side by side, [ΔW₁ … ΔWₙ] = UΣ[V₁ᵀ … Vₙᵀ], gives a basis U shared by
     all modules and each module's coordinates Cᵢ = ΣVᵢᵀ in it (ΔWᵢ = U·Cᵢ). The coordinates are merged —
@@ -543,7 +543,7 @@ def knots(states: Sequence[State], weights: Sequence[float], *, merge: str = "ti
     KnOTS-TIES) or by the weighted average Σ wᵢCᵢ (``merge="average"``, which gives Σ wᵢΔWᵢ exactly) —
     and the result is the LoRA module B = U, A = merged C, of rank Σrᵢ (a rank-grown adapter, or a dense
     ΔW on the live one). TIES here runs per layer, like :func:`ties`, with the weights applied before
-    the election and no normalisation. The paper merges full LoRA fine-tunes of ViT and Llama models.
+    the election and no normalisation. The paper merges rank-16 LoRA fine-tunes of ViT and Llama 3 8B models.
     """
     return _prepare_knots(states, merge=merge, density=density, majority=majority)(weights)
 
@@ -594,7 +594,7 @@ def _prepare_tsv_m(states: Sequence[State], *, task_rank: int | None = None
                                                "1/n of the layer's, as the paper)"),))
 def tsv_m(states: Sequence[State], weights: Sequence[float], *, task_rank: int | None = None) -> dict[str, torch.Tensor]:
     """TSV-M (Gargiulo, Crisostomi, Bucarelli, Scardapane, Silvestri & Rodolà, CVPR 2025, "Task Singular
-    Vectors: Reducing Task Interference in Model Merging", Sec. 4, Alg. 1), on LoRA updates.
+    Vectors: Reducing Task Interference in Model Merging", arXiv:2412.00081), on LoRA updates.
 
     Per layer: the SVD of each update ΔWᵢ = UᵢΣᵢVᵢᵀ, truncated to its top kᵢ singular vectors (the paper
     keeps 1/n of a layer's; a LoRA update of rank r has only r, so by default kᵢ = min(r, 1/n of the
@@ -612,7 +612,8 @@ def tsv_m(states: Sequence[State], weights: Sequence[float], *, task_rank: int |
           update="LoRA, rank Σrᵢ: Σ wᵢΔWᵢ with its singular values all set to their mean (a flat spectrum)")
 def iso_c(states: Sequence[State], weights: Sequence[float]) -> dict[str, torch.Tensor]:
     """Iso-C (Marczak, Magistri, Cygert, Twardowski, Bagdanov & van de Weijer, ICML 2025, "No Task Left
-    Behind: Isotropic Model Merging with Common and Task-Specific Subspaces", Sec. 4.1), on LoRA updates.
+    Behind: Isotropic Model Merging with Common and Task-Specific Subspaces", arXiv:2502.04959), on LoRA
+    updates.
 
     Per layer, the weighted sum Σ wᵢΔWᵢ = UΣVᵀ (computed from the rank-concatenated factors, as
     :func:`cat`) keeps its singular vectors, and its singular values are replaced by their mean σ̄: the
