@@ -385,13 +385,13 @@ def operator_rows(scenario: Scenario, settings: Settings, methods: Sequence[str]
     t1, t2 = scenario.theta1, scenario.theta2
     has_head = any(arithmetic.role(k) == "other" for k in t1)
     rows = []
+    size1 = arithmetic.norms(arithmetic.delta_weights(t1, scenario.scaling))
     with restored(scenario.model) as writer:
         for m in methods:
             kw = method_kwargs(m, settings, scenario.scaling)
-            d1 = arithmetic.delta_weights(t1, scenario.scaling)
             gone = composed_delta(merge_methods.compose(m, [t1, negated(t1)], [1.0, 1.0], **kw), scenario.scaling)
             rows.append({"scenario": scenario.name, "method": m, "check": "cancel",
-                         "error": arithmetic.norms(gone) / arithmetic.norms(d1)})
+                         "error": arithmetic.norms(gone) / size1})
             row = {"scenario": scenario.name, "method": m, "check": "subtract",
                    "error": composition_error(m, [t1, negated(t2)], [1.0, 1.0], settings, scenario.scaling)}
             if evaluate and not has_head:
