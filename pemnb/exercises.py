@@ -97,7 +97,8 @@ def one_factor(alpaca: State, toxic: State, lam: float, factor: str) -> dict[str
 def one_factor_gap(alpaca: State, toxic: State, lams: Sequence[float], scaling: float) -> pd.DataFrame:
     """Relative ΔW error against the weight-space target ΔW_alp − λ(ΔW_tox − ΔW_alp) when the toxic
     update is negated on A only, on B only, or on both (the stated operator), per λ."""
-    from .instruct import negate_continued, target_delta_w
+    from .arithmetic import negate_continued
+    from .instruct import target_delta_w
 
     rows = []
     for lam in lams:

@@ -29,7 +29,6 @@ import torch
 
 from . import arithmetic
 from .backbones import hub_source
-from .arithmetic import negate_continued, toxic_update  # noqa: F401  (pemnb.exercises imports them from here)
 from .cache import TRAINING_CODE, Cache, fingerprint, state_fingerprint
 from .evaluate import generate_texts
 from .generative import DecoderBench, prompt_answer_examples

@@ -231,7 +231,7 @@ def test_05_instruction_detox(paper, launched):
         pytest.fail(f"self-instruct wrote nothing usable: {stats}")
     theta_alp = bench.alpaca_module(alpaca_rows)  # Alpaca-LoRA's published adapter folder
     theta_tox = bench.toxic_module(records, theta_alp)
-    assert A.norms(I.toxic_update(theta_alp, theta_tox)) > 0
+    assert A.norms(A.toxic_update(theta_alp, theta_tox)) > 0
     seen_in_training = [r["instruction"] for r in records] + [r["instruction"] for r in alpaca_rows]
     tests = bench.test_set(writer, scorer, held_comments, [r["instruction"] for r in alpaca_held],
                            exclude=seen_in_training)
@@ -241,7 +241,7 @@ def test_05_instruction_detox(paper, launched):
     assert set(tests["kind"]) == {"toxic", "regular"}
     states = {"original θ_alp": theta_alp, "toxic θ_tox": theta_tox}
     for lam in cfg.lams:
-        states[f"detoxified λ={lam}"] = I.negate_continued(theta_alp, theta_tox, lam)
+        states[f"detoxified λ={lam}"] = A.negate_continued(theta_alp, theta_tox, lam)
     scored = bench.score(bench.respond_all(states, tests), scorer, judge)
     results = I.summary(scored, list(states))
     assert list(results.index) == list(states)
@@ -279,7 +279,7 @@ def test_05_on_a_gpu_without_bf16(paper):
     records, _ = bench.training_pairs(None, [])  # the paper's (stand-in) file
     theta_alp = bench.alpaca_module()
     theta_tox = bench.toxic_module(records, theta_alp)
-    assert A.norms(I.toxic_update(theta_alp, theta_tox)) > 0
+    assert A.norms(A.toxic_update(theta_alp, theta_tox)) > 0
     assert len(bench.respond(theta_tox, [records[0]["instruction"]])) == 1
 
 
