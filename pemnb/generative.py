@@ -1,6 +1,6 @@
 """The decoder side: prompt→answer and plain-text LM examples, 128-token chunk pairs, and a bench that
-holds one generative backbone with one module attached (train cached, then score answers, perplexity,
-sampling — every state written into the live model in place)."""
+holds one generative backbone with one module attached (train cached, then score answers and
+perplexity — every state written into the live model in place)."""
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
@@ -12,7 +12,7 @@ from . import arithmetic
 from .backbones import frozen_dtype, get_backbone, load_backbone
 from .cache import Cache, code_version, fingerprint
 from .classify import is_main_process, use_one_thread_for_tiny_models
-from .evaluate import constrained_scores, perplexity, sample
+from .evaluate import constrained_scores, perplexity
 from .modules import attach, lora_scaling, read_state, write_state
 from .sweep import WritesInPlace
 from .profiles import Profile
@@ -162,19 +162,10 @@ class DecoderBench(WritesInPlace):
         self.use(state)
         return constrained_scores(self.model, self.tokenizer, prompts, choices, batch_size, progress=self.progress)
 
-    def accuracy(self, state, prompts: Sequence[str], choices: Sequence[str], labels: Sequence[int]) -> float:
-        """Accuracy of constrained answering (argmax over `choices`) against label indices."""
-        pred = self.choice_scores(state, prompts, choices).argmax(1)
-        return float((pred == np.asarray(labels)).mean())
-
     def perplexity(self, state, text: str, max_length: int = 1024, stride: int = 512,
                    max_tokens: int | None = None) -> float:
         self.use(state)
         return perplexity(self.model, self.tokenizer, text, max_length, stride, max_tokens, progress=self.progress)
-
-    def sample(self, state, prompt: str, n: int, **kw) -> list[str]:
-        self.use(state)
-        return sample(self.model, self.tokenizer, prompt, n, progress=self.progress, **kw)
 
     def scaling(self) -> float:
         return lora_scaling(self.model)
