@@ -160,12 +160,28 @@ def bars(df: pd.DataFrame, y: str, *, x: str, hue: str | None = None, col: str |
             ax.tick_params(axis="x", labelrotation=rotate)
             for t in ax.get_xticklabels():
                 t.set_horizontalalignment("right")
+        else:  # long group names wrap onto several lines instead of running into each other
+            ax.set_xticks(ax.get_xticks(), [wrap_label(t.get_text(), bar_label_chars(len(xs), len(hues)))
+                                            for t in ax.get_xticklabels()])
     g.set_axis_labels("", y if ylabel is None else ylabel)
     if col:
         g.set_titles("{col_name}")
     if title:
         g.figure.suptitle(title, y=1.03)
     return show(g.figure)
+
+
+def wrap_label(text: str, width: int) -> str:
+    """`text` broken at spaces into lines of at most `width` characters (a longer word stays whole)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False)) or text
+
+
+def bar_label_chars(n_groups: int, n_hues: int = 1) -> int:
+    """How many characters of a group name fit under one group of bars (about 11 per inch at 8 pt)."""
+    inches = bar_panel_width(n_groups, n_hues) / max(n_groups, 1)
+    return max(6, int(11 * inches))
 
 
 def bar_panel_width(n_groups: int, n_hues: int = 1) -> float:

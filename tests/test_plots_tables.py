@@ -97,3 +97,20 @@ def test_numbers_are_written_for_reading_and_cells_are_never_cut():
     long = "x" * 120
     html = pd.DataFrame({"value": [long, 0.092000]}).to_html()
     assert long in html and "0.092</td>" in html and "0.092000" not in html
+
+
+def test_long_bar_group_names_wrap_instead_of_overlapping():
+    import matplotlib.pyplot as plt
+
+    from pemnb.plots import bar_label_chars, wrap_label
+
+    assert wrap_label("ablation (−every parameter)", 12) == "ablation\n(−every\nparameter)"
+    assert wrap_label("θ", 12) == "θ"
+    names = ["identity (no adaptation)", "trained θ", "negated ⊖θ", "ablation (−every parameter)"]
+    df = pd.DataFrame({"module": names * 2, "kind": ["lora"] * 4 + ["ia3"] * 4, "accuracy": [0.5] * 8})
+    fig = plots.bars(df, "accuracy", x="module", hue="kind")
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    width = bar_label_chars(4, 2)
+    assert [lbl.replace("\n", " ") for lbl in labels] == names
+    assert all(len(line) <= width for lbl in labels for line in lbl.split("\n") if " " in lbl)
+    plt.close(fig)
