@@ -43,7 +43,7 @@ from .syntax import presentation
 
 CHAPTER = "merge_methods"
 CODE = TRAINING_CODE + ("pemnb.merge_chapter", "pemnb.merge_methods", "pemnb.sweep", "pemnb.evaluate",
-                        "pemnb.arithmetic")
+                        "pemnb.arithmetic", "pemnb.multitask:answers_of_model")
 
 # Every registered method, in registration order; the swept ones leave out a method whose update equals
 # another's exactly (`cat`'s is task_arith's, a tested identity: it only needs an adapter of rank 2r to
@@ -291,13 +291,13 @@ def distribution_scenarios(profile: Profile, settings: Settings, *, progress: bo
 
 
 def _answer_accuracy(model, tokenizer, evalsets, batch_size: int) -> dict[str, Any]:
-    from .evaluate import constrained_scores  # chapter 02's scorer: the answer beam search would pick
+    from .multitask import answers_of_model  # chapter 02's one scorer, on the state the sweep wrote
 
     out, predictions = {}, []
     for t, es in evalsets.items():
-        pred = constrained_scores(model, tokenizer, es.prompts, es.choices, batch_size).argmax(1)
-        out[t] = float((pred == es.labels).mean())
-        predictions += [int(x) for x in pred]
+        answered = answers_of_model(model, tokenizer, es, batch_size)
+        out[t] = answered["accuracy"]
+        predictions += answered["predictions"]
     out["mean"] = float(np.mean(list(out.values())))
     out["predictions"] = predictions  # the tasks' rows one after the other, as Scenario.labels
     return out

@@ -312,8 +312,15 @@ def answers(bench, state: Mapping[str, torch.Tensor], evalset: EvalSet, batch_si
     """{accuracy, predictions} of constrained answering with module `state`: the answer constrained beam
     search would pick (argmax of :func:`pemnb.evaluate.constrained_scores`) for every row, as answer
     indices aligned with ``evalset.labels`` (so intervals need no further forward pass)."""
-    bench.use(state)  # no per-batch progress bar: sweeps show one bar over λ instead
-    scores = constrained_scores(bench.model, bench.tokenizer, evalset.prompts, evalset.choices, batch_size)
+    bench.use(state)
+    return answers_of_model(bench.model, bench.tokenizer, evalset, batch_size)
+
+
+def answers_of_model(model, tokenizer, evalset: EvalSet, batch_size: int = 16) -> dict[str, Any]:
+    """:func:`answers` of `model` as it stands, for a caller that has written the state itself (chapter
+    06's sweeps write a composed state, or a ΔW of another rank, into the live model)."""
+    # no per-batch progress bar: sweeps show one bar over λ instead
+    scores = constrained_scores(model, tokenizer, evalset.prompts, evalset.choices, batch_size)
     pred = scores.argmax(1)
     return {"accuracy": float((pred == evalset.labels).mean()), "predictions": [int(x) for x in pred]}
 
@@ -333,7 +340,7 @@ class Evaluator:
         es = self.evalsets[task]
         parts = {"what": "multitask-answers", "backbone": self.bench.backbone, "kind": self.bench.kind,
                  "state": state_key or state_fingerprint(state), "eval": es.fingerprint, "n": len(es),
-                 "code": code_version(("pemnb.multitask:answers",))}
+                 "code": code_version(("pemnb.multitask:answers", "pemnb.multitask:answers_of_model"))}
         return self.results.result(parts, lambda: answers(self.bench, state, es, self.batch_size))
 
     def __call__(self, state: Mapping[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
@@ -437,7 +444,8 @@ def train_task_module(bench, task: str, examples: Sequence[dict], hp: Mapping[st
              "batch_size": batch, "micro_batch": p.micro_batch, "dtype": bench.dtype,
              "data": fingerprint(examples), "n": len(examples), "curve": {"steps": at, "eval": es.fingerprint},
              "code": code_version(("pemnb.multitask:train_task_module", "pemnb.budget:learning_curve",
-                                   "pemnb.budget:_gcd", "pemnb.multitask:answers"))}
+                                   "pemnb.budget:_gcd", "pemnb.multitask:answers",
+                                   "pemnb.multitask:answers_of_model"))}
     hit = bench.cache.get_module(parts)
     if hit is not None:
         return hit[0], hit[2]["curve"]

@@ -367,3 +367,24 @@ def test_the_analogy_is_evaluated_and_compared_with_the_exact_one():
     assert ana.loc["task_arith", "diff"] == 0.0 and not ana.loc["task_arith", "diff_real"]
     assert ana.loc["task_arith", "score"] == pytest.approx(ana_rows.set_index("method").loc["task_arith", "accuracy"])
     assert not merge_chapter.analogy_table(ana.reset_index()).empty
+
+
+def test_the_multitask_scenario_scores_a_state_as_chapter_02s_evaluator_does(shared_data):
+    from pemnb import multitask
+    from pemnb.cache import Cache
+
+    profile = load_profile("smoke", chapters={"multitask": {"train_rows": {"mnli": 16, "rte": 16},
+                                                            "eval_rows": {"mnli": 12, "rte": 12}}})
+    sc = merge_chapter.multitask_scenario(profile, merge_chapter.settings(profile, multitask_eval_rows=8),
+                                          progress=False)
+    s = multitask.settings(profile)
+    bench = multitask.make_bench(profile, "lora", s, cache=Cache(), progress=False)
+    fmt = multitask.prompt_format(bench, s)
+    evaluator = multitask.Evaluator(bench, {t: multitask.EvalSet(t, multitask.load_task(t, s, seed=0).eval, fmt,
+                                                                 bench.tokenizer).head(8) for t in multitask.TASKS})
+    state = arithmetic.merge(sc.theta1, sc.theta2, 0.5, "lora")
+    StateWriter(sc.model)(state)
+    got, want = sc.evaluate(sc.model), evaluator(state)
+    assert {t: got[t] for t in multitask.TASKS} == {t: r["accuracy"] for t, r in want.items()}
+    assert got["predictions"] == [p for t in multitask.TASKS for p in want[t]["predictions"]]
+    assert sc.labels == [int(y) for es in evaluator.evalsets.values() for y in es.labels] and len(sc.labels) == 16
