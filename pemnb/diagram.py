@@ -19,7 +19,7 @@ import torch
 from matplotlib import colors as mcolors
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
-from . import arithmetic as A
+from . import arithmetic
 from . import plots
 
 OPERATORS = ("addition", "negation", "analogy")
@@ -75,7 +75,7 @@ def toy_modules(kind: str) -> tuple[dict, dict, dict]:
     if kind == "fft":
         taus = ([0.8, 0.35], [0.15, 0.85], [-0.3, 0.55])
         return tuple({"layer.weight": torch.tensor(t)} for t in taus)
-    raise ValueError(f"unknown module kind {kind!r}; expected one of {A.KINDS}")
+    raise ValueError(f"unknown module kind {kind!r}; expected one of {arithmetic.KINDS}")
 
 
 def panel(operator: str, kind: str, lam: float | None = None) -> Panel:
@@ -85,11 +85,11 @@ def panel(operator: str, kind: str, lam: float | None = None) -> Panel:
     lam = DRAWN_LAMBDA[operator] if lam is None else float(lam)
     t1, t2, t3 = toy_modules(kind)
     if operator == "addition":
-        inputs, result = (t1, t2), A.merge(t1, t2, lam, kind)
+        inputs, result = (t1, t2), arithmetic.merge(t1, t2, lam, kind)
     elif operator == "negation":
-        inputs, result = (t1,), A.negate(t1, kind, lam)
+        inputs, result = (t1,), arithmetic.negate(t1, kind, lam)
     else:
-        inputs, result = (t1, t2, t3), A.analogy(t1, t2, t3, lam, kind)
+        inputs, result = (t1, t2, t3), arithmetic.analogy(t1, t2, t3, lam, kind)
     return Panel(operator, kind, lam, inputs, result, EQUATIONS[(operator, kind)])
 
 
@@ -99,7 +99,7 @@ GLYPH_WIDTH = 1.0
 
 def _lora_glyph(ax, x: float, state: Mapping[str, torch.Tensor], edge: str, label: str) -> None:
     """B as a column of 4 cells, A as a row of 4 cells to its upper right (ΔW = BA)."""
-    (a, b), = A.lora_pairs(state).values()
+    (a, b), = arithmetic.lora_pairs(state).values()
     norm = mcolors.Normalize(-1.2, 1.2)
     cell = 0.17
     for i, v in enumerate(b.flatten().tolist()):  # B, top to bottom
@@ -113,7 +113,7 @@ def _lora_glyph(ax, x: float, state: Mapping[str, torch.Tensor], edge: str, labe
 
 def _ia3_glyph(ax, x: float, state: Mapping[str, torch.Tensor], edge: str, label: str) -> None:
     """Bars of l − 1 from a baseline at the identity l = 1 (drawn at height 1.0; scale 1.2 per unit)."""
-    (l,) = [v for k, v in state.items() if A.role(k) == "ia3_l"]
+    (l,) = [v for k, v in state.items() if arithmetic.role(k) == "ia3_l"]
     base = 1.0
     ax.plot([x + 0.02, x + 0.98], [base, base], color="0.4", lw=0.8, ls="--")
     for j, v in enumerate(l.flatten().tolist()):
@@ -170,12 +170,12 @@ def draw_panel(ax, p: Panel) -> None:
     ax.set_axis_off()
 
 
-def operator_diagram(kinds: tuple[str, ...] = A.KINDS, operators: tuple[str, ...] = OPERATORS):
+def operator_diagram(kinds: tuple[str, ...] = arithmetic.KINDS, operators: tuple[str, ...] = OPERATORS):
     """A Figure with one panel per (operator, kind): rows are operators, columns module kinds (put on
     the page by :func:`pemnb.plots.show` inside a kernel)."""
     for k in kinds:
-        if k not in A.KINDS:
-            raise ValueError(f"unknown module kind {k!r}; expected one of {A.KINDS}")
+        if k not in arithmetic.KINDS:
+            raise ValueError(f"unknown module kind {k!r}; expected one of {arithmetic.KINDS}")
     fig, axes = plt.subplots(len(operators), len(kinds), figsize=(4.6 * len(kinds), 1.75 * len(operators)),
                              squeeze=False)
     for i, op in enumerate(operators):

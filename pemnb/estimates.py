@@ -223,9 +223,9 @@ def jobs_00(p: Profile) -> list[Job]:
 
 
 def jobs_01(p: Profile) -> list[Job]:
-    from . import distribution as D
+    from . import distribution
 
-    s = D.settings(p)
+    s = distribution.settings(p)
     out = []
     for task in s.tasks:
         mean, longest = token_lengths(_glue_texts(task), s.max_length)
@@ -242,13 +242,13 @@ def jobs_01(p: Profile) -> list[Job]:
 
 
 def jobs_02(p: Profile) -> list[Job]:
-    from . import multitask as M
+    from . import multitask
 
-    s = M.settings(p)
+    s = multitask.settings(p)
     out = []
-    for task in M.TASKS:
+    for task in multitask.TASKS:
         rows = _rows("glue/rte", "train") if task == "rte" else _rows("glue/mnli", "validation_matched")
-        mean, longest = token_lengths([M.prompt(task, r) for r in rows], s.max_length)
+        mean, longest = token_lengths([multitask.prompt(task, r) for r in rows], s.max_length)
         n_eval = GLUE_VALIDATION[task]
         for kind in s.kinds:
             hp = s.hparams[task][kind]
@@ -261,10 +261,10 @@ def jobs_02(p: Profile) -> list[Job]:
 
 
 def jobs_03(p: Profile) -> list[Job]:
-    from . import unlearning as U
+    from . import unlearning
     from .train import steps_for_epochs
 
-    c = U.settings(p)
+    c = unlearning.settings(p)
     rows = _rows("civil_comments", "test", 600)
     mean, longest = token_lengths([t for t in rows["text"]], c.max_length or p.max_length)
     backbone = p.decoder
@@ -284,10 +284,10 @@ def jobs_03(p: Profile) -> list[Job]:
 
 
 def jobs_04(p: Profile) -> list[Job]:
-    from . import domain_transfer as dt
+    from . import domain_transfer
     from .train import steps_for_epochs
 
-    S = dt.settings(p)
+    S = domain_transfer.settings(p)
     out = []
     for backbone in S.backbones:
         for kind in S.kinds:
@@ -311,12 +311,12 @@ def jobs_04(p: Profile) -> list[Job]:
 
 
 def jobs_05(p: Profile) -> list[Job]:
-    from . import instruct as I
+    from . import instruct
     from .backbones import get_backbone
 
-    c = I.settings(p)
+    c = instruct.settings(p)
     rows = _rows("civil_comments", "test", 300)
-    prompts = [I.alpaca_prompt("Write a comment like this one.") + t for t in rows["text"]]
+    prompts = [instruct.alpaca_prompt("Write a comment like this one.") + t for t in rows["text"]]
     mean, longest = token_lengths(prompts, c.max_length)
     half = 2 if get_backbone(c.backbone).half and p.dtype != "float32" else 4
     targets = tuple(c.targets) if c.targets else None
@@ -333,20 +333,20 @@ def jobs_05(p: Profile) -> list[Job]:
 
 
 def jobs_06(p: Profile) -> list[Job]:
-    from . import merge_chapter as MC
-    from . import multitask as M
+    from . import merge_chapter
+    from . import multitask
 
-    s = MC.settings(p)
-    methods, grid = len(MC.SWEPT), len(s.lam_grid)
+    s = merge_chapter.settings(p)
+    methods, grid = len(merge_chapter.SWEPT), len(s.lam_grid)
     out = []
     for task in s.distribution_tasks:
         mean, longest = token_lengths(_glue_texts(task), p.max_length)
         out.append(Job(f"{task}: {methods} methods × {grid} λ", p.encoder, "lora", "classification", tokens_in=mean,
                        longest_in=longest, forward_examples=methods * grid * GLUE_VALIDATION[task], lora_r=p.lora_r))
     if s.multitask:
-        ms = M.settings(p)
+        ms = multitask.settings(p)
         rows = _rows("glue/mnli", "validation_matched")
-        mean, longest = token_lengths([M.prompt("mnli", r) for r in rows], ms.max_length)
+        mean, longest = token_lengths([multitask.prompt("mnli", r) for r in rows], ms.max_length)
         n = GLUE_VALIDATION["mnli"] + GLUE_VALIDATION["rte"]
         out.append(Job(f"MNLI + RTE: {methods} methods × {grid} λ", ms.backbone, "lora", "seq2seq", tokens_in=mean,
                        tokens_out=2, longest_in=longest, longest_out=2, forward_examples=methods * grid * n,

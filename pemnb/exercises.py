@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import arithmetic as A
+from . import arithmetic
 from .evaluate import ToxicityScorer
 
 State = Mapping[str, torch.Tensor]
@@ -21,13 +21,13 @@ def fresh_factor(state: State, factor: str = "A", seed: int = 1) -> dict[str, to
     """`state` with every LoRA `factor` replaced by an independent random matrix of the same shape and
     the same per-layer standard deviation: what the module's factor would look like had it started
     from another initialisation (the other factor, and the head, are kept)."""
-    A.check_kind(state, "lora")
+    arithmetic.check_kind(state, "lora")
     if factor not in ("A", "B"):
         raise ValueError(f"factor must be 'A' or 'B', got {factor!r}")
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for k, v in state.items():
-        if A.role(k) == f"lora_{factor}":
+        if arithmetic.role(k) == f"lora_{factor}":
             noise = torch.randn(v.shape, generator=gen, dtype=torch.float32)
             noise = (noise - noise.mean()) / noise.std()
             out[k] = (noise * v.float().std() + v.float().mean()).to(v.dtype)
@@ -38,7 +38,7 @@ def fresh_factor(state: State, factor: str = "A", seed: int = 1) -> dict[str, to
 
 def uniform_merge(states: Sequence[State], kind: str) -> dict[str, torch.Tensor]:
     """Σ θᵢ / n: the paper's addition of n modules with equal weights."""
-    return A.add(list(states), [1.0] * len(states), kind)
+    return arithmetic.add(list(states), [1.0] * len(states), kind)
 
 
 # ------------------------------------------------------------------------------------------ chapter 03
@@ -87,10 +87,10 @@ def same_ranking(table: pd.DataFrame) -> float:
 # ------------------------------------------------------------------------------------------ chapter 05
 def one_factor(alpaca: State, toxic: State, lam: float, factor: str) -> dict[str, torch.Tensor]:
     """θ_alp − λΔ applied to ONE LoRA factor (``"A"`` or ``"B"``), the other left at θ_alp."""
-    A.check_compatible([alpaca, toxic], "lora")
+    arithmetic.check_compatible([alpaca, toxic], "lora")
     if factor not in ("A", "B"):
         raise ValueError(f"factor must be 'A' or 'B', got {factor!r}")
-    return {k: (a - lam * (toxic[k] - a) if A.role(k) == f"lora_{factor}" else a.clone())
+    return {k: (a - lam * (toxic[k] - a) if arithmetic.role(k) == f"lora_{factor}" else a.clone())
             for k, a in alpaca.items()}
 
 
@@ -106,6 +106,6 @@ def one_factor_gap(alpaca: State, toxic: State, lams: Sequence[float], scaling: 
         for name, state in (("A only", one_factor(alpaca, toxic, lam, "A")),
                             ("B only", one_factor(alpaca, toxic, lam, "B")),
                             ("A and B (stated)", negate_continued(alpaca, toxic, lam))):
-            rows.append({"lam": float(lam), "negated": name,
-                         "relative ΔW error": A.relative_error(A.delta_weights(state, scaling), target)})
+            error = arithmetic.relative_error(arithmetic.delta_weights(state, scaling), target)
+            rows.append({"lam": float(lam), "negated": name, "relative ΔW error": error})
     return pd.DataFrame(rows).pivot(index="lam", columns="negated", values="relative ΔW error")

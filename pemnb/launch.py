@@ -58,18 +58,18 @@ def train_00(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
 def train_01(profile: Profile, kinds: Sequence[str] | None = None, progress: bool = True,
              tasks: Sequence[str] | None = None) -> list[str]:
     """Chapter 01: s0, s1 and fullset modules of every task and kind."""
-    from . import distribution as D
+    from . import distribution
 
-    settings = D.settings(profile)
+    settings = distribution.settings(profile)
     done = []
     for task in tasks or settings.tasks:
         try:
-            td = D.task_data(task, profile, settings)
-        except D.TaskSkipped as e:
+            td = distribution.task_data(task, profile, settings)
+        except distribution.TaskSkipped as e:
             print(f"[pemnb.launch] skipped: {e}")
             continue
         for kind in kinds or settings.kinds:
-            bench, _ = D.train_modules(profile, td, kind, settings, progress=progress)
+            bench, _ = distribution.train_modules(profile, td, kind, settings, progress=progress)
             done += [f"{kind} {task}-{sub}" for sub in ("s0", "s1", "fullset")]
             del bench
             _free()
@@ -78,15 +78,16 @@ def train_01(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
 
 def train_02(profile: Profile, kinds: Sequence[str] | None = None, progress: bool = True) -> list[str]:
     """Chapter 02: an MNLI and an RTE module per kind."""
-    from . import multitask as M
+    from . import multitask
     from .cache import Cache
 
-    s = M.settings(profile)
-    tasks = {t: M.load_task(t, s, seed=profile.seed) for t in M.TASKS}
+    s = multitask.settings(profile)
+    tasks = {t: multitask.load_task(t, s, seed=profile.seed) for t in multitask.TASKS}
     done = []
     for kind in kinds or s.kinds:
-        bench = M.make_bench(profile, kind, s, cache=Cache(), progress=progress)
-        M.task_modules(bench, tasks, M.prompt_format(bench, s), s)  # the chapter's modules, with their curves
+        bench = multitask.make_bench(profile, kind, s, cache=Cache(), progress=progress)
+        # the chapter's modules, with their curves
+        multitask.task_modules(bench, tasks, multitask.prompt_format(bench, s), s)
         done += [f"{kind} multitask-{t}" for t in tasks]
         del bench
         _free()
@@ -95,13 +96,14 @@ def train_02(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
 
 def train_03(profile: Profile, kinds: Sequence[str] | None = None, progress: bool = True) -> list[str]:
     """Chapter 03: the toxic module of every kind (no scorer or WikiText needed to train)."""
-    from . import unlearning as U
+    from . import unlearning
 
-    cfg = U.settings(profile)
-    texts, _, _ = U.toxic_comments(cfg, profile.seed)
+    cfg = unlearning.settings(profile)
+    texts, _, _ = unlearning.toxic_comments(cfg, profile.seed)
     done = []
     for kind in kinds or cfg.kinds:
-        lab = U.UnlearningLab(profile, scorer=None, text="", cfg=cfg, progress=progress)  # one backbone at a time
+        # one backbone at a time
+        lab = unlearning.UnlearningLab(profile, scorer=None, text="", cfg=cfg, progress=progress)
         lab.train(kind, texts)
         done.append(f"{kind} civil-comments-toxic")
         del lab
@@ -111,15 +113,15 @@ def train_03(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
 
 def train_04(profile: Profile, kinds: Sequence[str] | None = None, progress: bool = True) -> list[str]:
     """Chapter 04: cls and LM modules on both domains, per backbone and kind."""
-    from . import domain_transfer as dt
+    from . import domain_transfer
 
-    S = dt.settings(profile)
-    domains = dt.load_domains(profile, S)
+    S = domain_transfer.settings(profile)
+    domains = domain_transfer.load_domains(profile, S)
     done = []
     for backbone in S.backbones:
         for kind in kinds or S.kinds:
-            bench = dt.make_bench(profile, backbone, kind, S, progress=progress)
-            modules, _ = dt.train_modules(bench, domains, S)
+            bench = domain_transfer.make_bench(profile, backbone, kind, S, progress=progress)
+            modules, _ = domain_transfer.train_modules(bench, domains, S)
             done += [f"{backbone} {kind} {name}" for name in modules]
             del bench, modules
             _free()
@@ -129,15 +131,15 @@ def train_04(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
 def train_05(profile: Profile, kinds: Sequence[str] | None = None, progress: bool = True) -> list[str]:
     """Chapter 05: the instruction LoRA (unless the profile uses a published one), the toxic
     instruction set (written by the configured writer, or the paper's gated file) and θ_tox."""
-    from . import instruct as I
+    from . import instruct
 
     if kinds and "lora" not in kinds:
         return []
-    cfg = I.settings(profile)
-    bench = I.InstructBench(profile, cfg, progress=progress)
-    comments, _ = I.comment_pools(cfg, profile.seed)
-    alpaca_rows, _ = I.alpaca_pools(cfg, profile.seed)
-    records, _ = bench.training_pairs(I.pick_backend(bench, "writer"), comments)
+    cfg = instruct.settings(profile)
+    bench = instruct.InstructBench(profile, cfg, progress=progress)
+    comments, _ = instruct.comment_pools(cfg, profile.seed)
+    alpaca_rows, _ = instruct.alpaca_pools(cfg, profile.seed)
+    records, _ = bench.training_pairs(instruct.pick_backend(bench, "writer"), comments)
     theta_alp = bench.alpaca_module(alpaca_rows)
     bench.toxic_module(records, theta_alp)
     return [("θ_alp " + (cfg.alpaca_adapter or "trained")), f"θ_tox ({len(records)} pairs)"]
@@ -145,11 +147,11 @@ def train_05(profile: Profile, kinds: Sequence[str] | None = None, progress: boo
 
 def train_06(profile: Profile, kinds: Sequence[str] | None = None, progress: bool = True) -> list[str]:
     """Chapter 06 trains nothing of its own: the LoRA modules of chapters 01 and 02 it composes."""
-    from . import distribution as D
-    from . import merge_chapter as MC
+    from . import distribution
+    from . import merge_chapter
 
-    s = MC.settings(profile)
-    tasks = [t for t in s.distribution_tasks if t in D.settings(profile).tasks]
+    s = merge_chapter.settings(profile)
+    tasks = [t for t in s.distribution_tasks if t in distribution.settings(profile).tasks]
     done = train_01(profile, ("lora",), progress, tasks=tasks)
     if s.multitask:
         done += train_02(profile, ("lora",), progress)

@@ -262,19 +262,19 @@ def distribution_scenarios(profile: Profile, settings: Settings, *, progress: bo
     profile (a cache hit when chapter 01 ran first); scored on chapter 01's evaluation part. The fullset
     module is the third module of the analogy check.
     """
-    from . import distribution as D
+    from . import distribution
     from .cache import fingerprint
     from .evaluate import headline_metric
 
-    ds = D.settings(profile)
+    ds = distribution.settings(profile)
     for task in settings.distribution_tasks:
         if task not in ds.tasks:
             continue
         try:
-            td = D.task_data(task, profile, ds)
-        except D.TaskSkipped:
+            td = distribution.task_data(task, profile, ds)
+        except distribution.TaskSkipped:
             continue
-        bench, mods = D.train_modules(profile, td, "lora", ds, progress=progress)
+        bench, mods = distribution.train_modules(profile, td, "lora", ds, progress=progress)
         batches = bench.batches(td.evalset)
         metric = headline_metric(task)
         yield Scenario(
@@ -307,15 +307,15 @@ def multitask_scenario(profile: Profile, settings: Settings, *, progress: bool =
     """Chapter 02's LoRA pair (θ_MNLI, θ_RTE), from its functions and settings at this profile (a cache
     hit when chapter 02 ran first), scored by one-pass answer scoring on its evaluation rows (the
     first ``multitask_eval_rows`` of each task); `score` is the mean accuracy of the two tasks."""
-    from . import multitask as MT
+    from . import multitask
 
-    ms = MT.settings(profile)
-    tasks = {t: MT.load_task(t, ms, seed=profile.seed) for t in MT.TASKS}
-    bench = MT.make_bench(profile, "lora", ms, cache=Cache(), progress=progress)
-    fmt = MT.prompt_format(bench, ms)
-    modules, _ = MT.task_modules(bench, tasks, fmt, ms)
+    ms = multitask.settings(profile)
+    tasks = {t: multitask.load_task(t, ms, seed=profile.seed) for t in multitask.TASKS}
+    bench = multitask.make_bench(profile, "lora", ms, cache=Cache(), progress=progress)
+    fmt = multitask.prompt_format(bench, ms)
+    modules, _ = multitask.task_modules(bench, tasks, fmt, ms)
     n = settings.multitask_eval_rows
-    evalsets = {t: MT.EvalSet(t, d.eval if n is None else d.eval.select(range(min(n, len(d.eval)))), fmt,
+    evalsets = {t: multitask.EvalSet(t, d.eval if n is None else d.eval.select(range(min(n, len(d.eval)))), fmt,
                               bench.tokenizer) for t, d in tasks.items()}
     return Scenario(
         name="MNLI + RTE", source="chapter 02 (multitask)", model=bench.model,
