@@ -338,19 +338,23 @@ def jobs_06(p: Profile) -> list[Job]:
 
     s = merge_chapter.settings(p)
     methods, grid = len(merge_chapter.SWEPT), len(s.lam_grid)
+    # Besides its λ sweep, each method's merge is evaluated once more by merge_chapter.operator_rows: the
+    # three-module analogy where the scenario has a third module (chapter 01's pairs: the fullset module),
+    # the subtraction θ₁ ⊕ ⊖θ₂ where the modules carry no head (chapter 02's T5 pair).
     out = []
     for task in s.distribution_tasks:
         mean, longest = token_lengths(_glue_texts(task), p.max_length)
-        out.append(Job(f"{task}: {methods} methods × {grid} λ", p.encoder, "lora", "classification", tokens_in=mean,
-                       longest_in=longest, forward_examples=methods * grid * GLUE_VALIDATION[task], lora_r=p.lora_r))
+        out.append(Job(f"{task}: {methods} methods × ({grid} λ + analogy)", p.encoder, "lora", "classification",
+                       tokens_in=mean, longest_in=longest,
+                       forward_examples=methods * (grid + 1) * GLUE_VALIDATION[task], lora_r=p.lora_r))
     if s.multitask:
         ms = multitask.settings(p)
         rows = _rows("glue/mnli", "validation_matched")
         mean, longest = token_lengths([multitask.prompt("mnli", r) for r in rows], ms.max_length)
         n = GLUE_VALIDATION["mnli"] + GLUE_VALIDATION["rte"]
-        out.append(Job(f"MNLI + RTE: {methods} methods × {grid} λ", ms.backbone, "lora", "seq2seq", tokens_in=mean,
-                       tokens_out=2, longest_in=longest, longest_out=2, forward_examples=methods * grid * n,
-                       lora_r=ms.lora_r))
+        out.append(Job(f"MNLI + RTE: {methods} methods × ({grid} λ + subtraction)", ms.backbone, "lora", "seq2seq",
+                       tokens_in=mean, tokens_out=2, longest_in=longest, longest_out=2,
+                       forward_examples=methods * (grid + 1) * n, lora_r=ms.lora_r))
     return out
 
 

@@ -32,3 +32,16 @@ def test_accumulation_is_what_makes_the_big_batches_fit(shared_data):
     assert dataclasses.replace(job, dtype_bytes=4).memory_gib() > 24   # fp32 LLaMA-7B does not fit
     smaller = [dataclasses.replace(job, micro=m).memory_gib() for m in (1, 2, 4, 8)]
     assert smaller == sorted(smaller)
+
+
+def test_chapter_06_counts_each_methods_sweep_and_its_operator_evaluation(shared_data):
+    from pemnb import merge_chapter
+
+    p = load_profile("paper")
+    s = merge_chapter.settings(p)
+    jobs = {j.what.split(":")[0]: j for j in E.jobs_06(p)}
+    assert set(jobs) == {*s.distribution_tasks, "MNLI + RTE"}
+    # per method: the λ grid, then one more merge (the analogy of chapter 01's pairs, the subtraction of chapter 02's)
+    per_rows = len(merge_chapter.SWEPT) * (len(s.lam_grid) + 1)
+    assert jobs["MNLI + RTE"].forward_examples == per_rows * (E.GLUE_VALIDATION["mnli"] + E.GLUE_VALIDATION["rte"])
+    assert all(jobs[t].forward_examples == per_rows * E.GLUE_VALIDATION[t] for t in s.distribution_tasks)
