@@ -8,6 +8,7 @@ its learning rate has not yet decayed.
 """
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from typing import Callable, Sequence
@@ -32,7 +33,7 @@ def learning_curve(model, examples: Sequence[dict], score: Callable[[object], di
         for point in points:
             result = train_module(model, examples, steps=total, lr=lr, batch_size=batch_size, seed=seed,
                                   pad_token_id=pad_token_id, checkpoint_dir=ckpt,
-                                  checkpoint_every=_gcd(points), checkpoint_seconds=float("inf"),
+                                  checkpoint_every=math.gcd(*points), checkpoint_seconds=float("inf"),
                                   stop_after=point - done, desc=desc, progress=progress, **train_kwargs)
             losses = result.losses
             done = result.steps
@@ -44,21 +45,13 @@ def learning_curve(model, examples: Sequence[dict], score: Callable[[object], di
     return rows
 
 
-def _gcd(points: Sequence[int]) -> int:
-    import math
-
-    g = 0
-    for p in points:
-        g = math.gcd(g, p)
-    return g
-
 
 # ---- chapter 01: the fullset module of each task and kind ----------------------------------------
 
 def distribution_curves(profile, settings, *, tasks: Sequence[str], kinds: Sequence[str], points: Sequence[int],
                         lr: dict | None = None, progress: bool = True) -> list[dict]:
     """Learning curves of chapter 01's fullset modules, scored on each task's λ-selection rows (never on
-    the evaluation rows the page reports), with the majority-class rate of those rows beside them."""
+    the evaluation rows the page reports), with what a module that learned nothing scores beside them."""
     import numpy as np
 
     from . import distribution
@@ -76,7 +69,7 @@ def distribution_curves(profile, settings, *, tasks: Sequence[str], kinds: Seque
             batches = bench.batches(td.select)
             rate = lr.get(kind, bench.profile.lr[kind]) if lr else bench.profile.lr[kind]
             labels = np.asarray(batches.labels)
-            majority = float(np.bincount(labels.astype(int)).max() / len(labels)) if task != "stsb" else float("nan")
+            reference, reference_is = distribution.reference_score(task, labels)
             metric = headline_metric(task)
             curve = learning_curve(bench.model, bench.examples(td.fullset), lambda m: classify(m, batches, td.name),
                                    points=points, lr=rate, batch_size=bench.profile.batch_size, seed=bench.profile.seed,
@@ -84,9 +77,9 @@ def distribution_curves(profile, settings, *, tasks: Sequence[str], kinds: Seque
                                    progress=False, autocast_bf16=bench.autocast_bf16)
             for r in curve:
                 rows.append({"task": task, "kind": kind, "lr": rate, "metric": metric, "score": r[metric],
-                             "majority": majority, "n_select": len(labels), **r})
+                             "reference": reference, "reference is": reference_is, "n_select": len(labels), **r})
                 print(f"{task:5s} {kind:4s} lr={rate:g} step {r['step']:4d}  loss {r['loss']:.3f}  "
-                      f"{metric} {r[metric]:.3f}  (majority {majority:.3f})  {r['seconds']:.0f}s", flush=True)
+                      f"{metric} {r[metric]:.3f}  ({reference_is} {reference:.3f})  {r['seconds']:.0f}s", flush=True)
     return rows
 
 

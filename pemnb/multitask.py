@@ -444,7 +444,7 @@ def train_task_module(bench, task: str, examples: Sequence[dict], hp: Mapping[st
              "batch_size": batch, "micro_batch": p.micro_batch, "dtype": bench.dtype,
              "data": fingerprint(examples), "n": len(examples), "curve": {"steps": at, "eval": es.fingerprint},
              "code": code_version(("pemnb.multitask:train_task_module", "pemnb.budget:learning_curve",
-                                   "pemnb.budget:_gcd", "pemnb.multitask:answers",
+                                   "pemnb.multitask:answers",
                                    "pemnb.multitask:answers_of_model"))}
     hit = bench.cache.get_module(parts)
     if hit is not None:

@@ -106,14 +106,19 @@ def tiny_profile():
                                                         "eval_rows": {"mnli": 12, "rte": 12}}})
 
 
+def tiny_bench(cache_dir):
+    """(settings, LoRA bench, prompt format, tasks) of chapter 02 on the tiny profile."""
+    profile = tiny_profile()
+    s = M.settings(profile)
+    bench = M.make_bench(profile, "lora", s, cache=Cache(cache_dir), progress=False)
+    fmt = M.prompt_format(bench, s)
+    return s, bench, fmt, {t: M.load_task(t, s, seed=0) for t in M.TASKS}
+
+
 def test_task_modules_train_once_with_a_learning_curve_that_ends_at_the_module(shared_data, tmp_path, monkeypatch):
     import pemnb.budget
 
-    profile = tiny_profile()
-    s = M.settings(profile)
-    bench = M.make_bench(profile, "lora", s, cache=Cache(tmp_path), progress=False)
-    fmt = M.prompt_format(bench, s)
-    tasks = {t: M.load_task(t, s, seed=0) for t in M.TASKS}
+    s, bench, fmt, tasks = tiny_bench(tmp_path)
     examples = {t: M.training_examples(bench, t, d.train, fmt) for t, d in tasks.items()}
     # the answer tokens are the only scored labels: one answer token + EOS per example
     assert all(sum(x != -100 for x in e["labels"]) == 2 for e in examples["rte"])
@@ -145,11 +150,7 @@ def test_task_modules_train_once_with_a_learning_curve_that_ends_at_the_module(s
 def test_evaluator_keeps_predictions_and_sweep_endpoints_are_the_single_modules(shared_data, tmp_path, monkeypatch):
     import pemnb.multitask
 
-    profile = tiny_profile()
-    s = M.settings(profile)
-    bench = M.make_bench(profile, "lora", s, cache=Cache(tmp_path), progress=False)
-    fmt = M.prompt_format(bench, s)
-    tasks = {t: M.load_task(t, s, seed=0) for t in M.TASKS}
+    s, bench, fmt, tasks = tiny_bench(tmp_path)
     ev = M.Evaluator(bench, {t: M.EvalSet(t, d.eval, fmt, bench.tokenizer) for t, d in tasks.items()})
     modules, _ = M.task_modules(bench, tasks, fmt, s, ev)
     rows = M.merge_sweep(ev, modules["mnli"], modules["rte"], "lora", s.lam_grid, progress=False)
