@@ -321,3 +321,12 @@ def test_lambda_budget_rows_at_smoke(shared_data, tmp_path):
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows
     with pytest.raises(ValueError, match="a budget is"):
         unlearning.lambda_budget(p, "lora", [{"steps": 1}], scorer=fake_scorer(), cache=Cache(tmp_path / "c"))
+
+
+def test_paper_examples_are_table_10_in_full():
+    t = unlearning.paper_examples()
+    assert len(t) == 6 and all(c[0] == "reported in the paper (Table 10)" for c in t.columns)
+    flat = t.droplevel(0, axis=1)
+    assert list(dict.fromkeys(flat["model"])) == ["GPT-2", "toxic LoRA", "negated-LoRA"]
+    assert flat["text"].str.startswith(unlearning.PROMPT.strip()).all() and flat["text"].str.len().max() > 500  # not cut
+    assert flat["toxicity [Detoxify]"].max() == 0.96169 and flat["toxicity [Detoxify]"].min() == 0.00033
