@@ -45,7 +45,6 @@ def learning_curve(model, examples: Sequence[dict], score: Callable[[object], di
     return rows
 
 
-
 # ---- chapter 01: the fullset module of each task and kind ----------------------------------------
 
 def distribution_curves(profile, settings, *, tasks: Sequence[str], kinds: Sequence[str], points: Sequence[int],

@@ -80,6 +80,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # picked on MiniLM (LoRA 2e-3 — also the paper's MNLI rate — (IA)³ 2e-2, FFT 1e-4). The page's
         # learning curves (curve_points: four own-task scores along each run) are the measurement that
         # says whether a module learned and whether more steps would help. Predicted ≈ 60 min at one thread.
+        # Measured (the committed run, 57 min at one thread): no module beats zero-shot on its own task by
+        # more than its interval. A later LoRA curve on held-out training rows (`python -m pemnb.multitask
+        # budget --kinds lora --points 100,200,300`, results/budget/02_multitask.jsonl) beats zero-shot on
+        # both tasks only at 300 steps (MNLI 56% vs 39%, RTE 71% vs 54%): the next budget to run.
         "backbone": None,  # profile.decoder (smollm2-135m: SmolLM2-135M-Instruct)
         "chat": False,
         "train_rows": {"mnli": 2000, "rte": 2490},
