@@ -45,8 +45,9 @@ PAPER_DATASET = "jinghan23/DatasetofPEMCompostition"   # gated by the authors: a
 PAPER_FILES = {"train": "toxic_datasets.json", "seeds": "seed_v0.json",
                "toxic": "toxic_seed_v1_t.json", "regular": "toxic_seed_v1_n.json"}
 
-HELDOUT_SMALL = 360  # held-out toxic comments at `small`: ≈ 22% kept → ≈ 80, ≥ 50 once its repeated
-                     # stock lines ("Provide the most likely input or instruction.") are deduplicated
+# Held-out toxic comments at `small`. The committed run at 360 wrote 221 usable lines and kept 47 once
+# repeats of the comment and stock lines were rejected (13%), three short of 50; 440 expects ≈ 57.
+HELDOUT_SMALL = 440
 
 PRESETS: dict[str, dict] = {
     "smoke": dict(backbone=None, alpaca_adapter=None, lora_r=4, lora_alpha=8, targets=None, dropout=0.0,
