@@ -9,6 +9,7 @@ and the figure in the paper's layouts, and a budget search for the λ rule (:fun
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 import functools
@@ -47,6 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_heldout": 16, "epochs": {"fft": 1, "lora": 1, "ia3": 1}, "steps": {},
         "batch": {"fft": 16, "lora": 16, "ia3": 16}, "lr": {"fft": 1e-3, "lora": 5e-3, "ia3": 1e-2},
         "n_samples": 8, "max_new_tokens": 8, "sample_batch": 8, "top_k": 50, "temperature": 1.0,
+        "confirm_samples": 16,
         "wikitext": "wikitext-2-raw", "ppl_tokens": 256, "ppl_max_length": 64, "ppl_stride": 32,
         "lam_grid": (0.0, 0.5, 1.0), "ablation_lams": {"lora": (1.0,), "ia3": (1.0, 0.6, 0.1)},
     },
@@ -60,12 +62,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # includes 0 at 64 samples; full negation lowers it by 0.025–0.033 (interval below 0) at +5.9 to +9.8
     # perplexity. The gentler budgets cost less perplexity per λ but make a less toxic module too, so the
     # chapter keeps 48 steps at 3e-3: its toxic module is the most toxic of the three.
+    # An effect of ≈ 0.01 needs ≈ 16× the curve's samples to clear its interval, but only where the rule
+    # lands: the rule reads perplexity alone, so the base model and each selected λ are sampled again,
+    # 1024 continuations each (confirm_samples; ≈ 7 min per model at one thread).
     "small": {
         "kinds": ("fft", "lora", "ia3"), "train_split": "test", "heldout_split": "test", "n_train": None,
         "n_heldout": 100, "epochs": {"fft": 1, "lora": 1, "ia3": 1}, "steps": {"fft": 24, "lora": 48, "ia3": 48},
         "batch": {"fft": 8, "lora": 16, "ia3": 16}, "lr": {"fft": 1e-4, "lora": 3e-3, "ia3": 1e-2},
         "max_length": 64,
         "n_samples": 64, "max_new_tokens": 32, "sample_batch": 32, "top_k": 50, "temperature": 1.0,
+        "confirm_samples": 1024,
         "wikitext": "wikitext-2-raw", "ppl_tokens": 2048, "ppl_max_length": 512, "ppl_stride": 256,
         "lam_grid": PAPER_GRID, "ablation_lams": {"lora": (1.0,), "ia3": (1.0, 0.6, 0.1)},
     },
@@ -74,6 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_heldout": 1000, "epochs": {"fft": 5, "lora": 10, "ia3": 10}, "steps": {},
         "batch": {"fft": 32, "lora": 96, "ia3": 96}, "lr": {"fft": 1e-5, "lora": 5e-4, "ia3": 5e-4},
         "n_samples": 1000, "max_new_tokens": 120, "sample_batch": 50, "top_k": 50, "temperature": 1.0,
+        "confirm_samples": None,  # the paper's 1000 per point already
         "wikitext": "wikitext-103-raw", "ppl_tokens": None, "ppl_max_length": 1024, "ppl_stride": 512,
         "lam_grid": PAPER_GRID,
         "ablation_lams": {"lora": (1.0,), "ia3": (1.0, 0.6, 0.1)},
@@ -98,6 +105,7 @@ class Settings(ChapterSettings):
     batch: Mapping[str, int]
     lr: Mapping[str, float]
     n_samples: int                       # continuations sampled per measurement
+    confirm_samples: int | None          # drawn again for the base model and each selected λ (None: n_samples)
     max_new_tokens: int
     sample_batch: int
     top_k: int
@@ -325,6 +333,16 @@ class UnlearningLab:
             out.update(self.results.result(parts, ppl))
         return out
 
+    def resample(self, kind: str, state: Mapping[str, torch.Tensor], n_samples: int, **labels) -> dict[str, Any]:
+        """:meth:`measure`'s toxicity of `state` over `n_samples` continuations instead of the settings'.
+
+        Batch b is still seeded with seed + b, so the first `n_samples` of the settings' are the curve's own
+        generations and two resamples of equal size are paired position by position (:func:`versus_base`).
+        """
+        view = copy.copy(self)  # the same benches and caches
+        view.cfg = self.cfg.replace(n_samples=int(n_samples))
+        return view.measure(kind, state, what=("toxicity",), **labels)
+
     def negation_sweep(self, kind: str, theta: Mapping[str, torch.Tensor], grid: Sequence[float],
                        base: Mapping[str, Any], *, what: Sequence[str] = ("toxicity", "ppl")) -> list[dict[str, Any]]:
         """Rows of ⊖_λ θ for each λ of `grid`, measured through :func:`pemnb.sweep.sweep`; λ = 0 is the base
@@ -358,16 +376,29 @@ class UnlearningLab:
         ablation = [self.measure(kind, arithmetic.ablate(modules[kind], kind, lam),
                                  model=method_name(kind, "ablation", lam), op="ablation", lam=lam)
                     for kind, lams in c.ablation_lams.items() if kind in modules for lam in lams]
+        # The rule chose λ from perplexity alone, so toxicity there can be measured again on a larger
+        # sample without choosing and testing on the same draws.
+        n = c.confirm_samples or c.n_samples
+        if n == c.n_samples:
+            confirm_base, confirmed = base, dict(negated)
+        else:
+            confirm_base = self.resample(home, self.identity(home), n, model=base["model"], op="base", lam=0.0)
+            confirmed = {kind: ({**confirm_base, "kind_id": kind} if chosen[kind] == 0.0 else
+                                self.resample(kind, arithmetic.negate(modules[kind], kind, chosen[kind]), n,
+                                              model=negated[kind]["model"], op="negated", lam=chosen[kind]))
+                         for kind in modules}
         return Unlearning(cfg=c, backbone=self.profile.decoder, scorer=self.scorer.name, modules=modules, base=base,
                           toxic=toxic, sweep=sweep, chosen=chosen, negated=negated, full=full, ablation=ablation,
-                          n_train=len(train_texts), steps={k: self.steps(k, len(train_texts)) for k in modules})
+                          n_train=len(train_texts), steps={k: self.steps(k, len(train_texts)) for k in modules},
+                          confirm_base=confirm_base, confirmed=confirmed)
 
 
 @dataclass
 class Unlearning:
     """What chapter 03 measured (:meth:`UnlearningLab.run`): the toxic modules, and measurement rows
     (:meth:`UnlearningLab.measure`) of the base model, each toxic model, the negation sweep, each kind's
-    negation at the selected λ and at λ = 1, and the ablations."""
+    negation at the selected λ and at λ = 1, and the ablations; and the base model and each selected λ
+    sampled again on a larger sample (`confirm_samples`)."""
 
     cfg: Settings
     backbone: str
@@ -382,6 +413,9 @@ class Unlearning:
     ablation: list[dict[str, Any]]
     n_train: int = 0                     # training comments
     steps: dict[str, int] = dataclasses.field(default_factory=dict)
+    # toxicity alone, over confirm_samples generations: the base model and each kind at its chosen λ
+    confirm_base: dict[str, Any] = dataclasses.field(default_factory=dict)
+    confirmed: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def table_rows(self) -> list[dict[str, Any]]:
         """The summary table's rows in the paper's order: the base model, then per kind the toxic model,
@@ -444,6 +478,22 @@ def facts(result: Unlearning) -> dict[str, Any]:
         else:
             out[f"{kind}_rule"] = (f"selects λ = {lam:g}, at a perplexity cost of "
                                    f"{result.negated[kind]['ppl'] - base['ppl']:.2f}")
+    # toxicity at the selected λ on the larger sample (the curve's own when confirm_samples is not larger)
+    conf_base = result.confirm_base or base
+    out.update(confirm_samples=len(conf_base["scores"]), base_conf_tox=conf_base["toxicity"])
+    below = []
+    for kind in result.modules:
+        r = result.confirmed.get(kind) or result.negated[kind]
+        ci = versus_base(r, conf_base)["toxicity"]
+        out[f"{kind}_conf_tox"] = r["toxicity"]
+        out.update({f"{kind}_conf_diff{suffix}": v for suffix, v in
+                    (("", ci.estimate), ("_low", ci.low), ("_high", ci.high))})
+        out[f"{kind}_conf_verb"] = (out[f"{kind}_neg_verb"] if result.chosen[kind] == 0.0 else
+                                    wording.change(ci, **toxicity))
+        if result.chosen[kind] > 0 and ci.high < 0:
+            below.append(KIND_NAMES.get(kind, kind))
+    out["conf_below"] = ", ".join(below) or "none"
+    out["conf_below_count"] = wording.count_phrase(len(below), len(result.modules), "kind")
     abl = {r["kind_id"]: r for r in result.ablation if r["lam"] == 1.0}
     if "lora" in abl and "lora" in result.toxic:
         same = abl["lora"]["samples"] == result.toxic["lora"]["samples"]
@@ -526,6 +576,29 @@ def summary_table(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any], sc
         out += [(REPORTED_SOURCE, m, f"{t:.2f}", f"{p:.1f}", format_ppl(ppl), "not reported", "not reported",
                  "not reported") for op, m, t, p, ppl in REPORTED_TABLE11 if op in ops]
     return pd.DataFrame(out, columns=["source", "method", *cols]).set_index(["source", "method"])
+
+
+@presentation
+def confirmation_table(result: "Unlearning", scorer: str, *, n_boot: int = 1000) -> pd.DataFrame:
+    """Toxicity at each kind's selected λ against the base model's, both over the larger confirmation
+    sample (`confirm_samples`), with the paired 95% bootstrap interval of the difference and what it says."""
+    conf_base = result.confirm_base or result.base
+    out = []
+    for kind in result.modules:
+        r, lam = result.confirmed.get(kind) or result.negated[kind], result.chosen[kind]
+        if lam == 0.0:
+            cells, verdict = ["—", "—"], "λ = 0 is the base model"
+        else:
+            cis = versus_base(r, conf_base, n_boot=n_boot)
+            cells = [_interval(cis["toxicity"], 3), _interval(cis["toxic_frac"], 1, 100.0)]
+            verdict = {True: "yes", False: "no: the interval includes 0"}[cis["toxicity"].high < 0]
+            if cis["toxicity"].low > 0:
+                verdict = "no: more toxic than the base model"
+        out.append((KIND_NAMES.get(kind, kind), lam, len(r["scores"]), f"{conf_base['toxicity']:.3f}",
+                    f"{r['toxicity']:.3f}", *cells, verdict))
+    cols = ["module", "selected λ", "samples", f"base toxicity ({scorer})", "negated toxicity",
+            "Δ toxicity [95% CI]", "Δ toxic % [95% CI]", "below the base model?"]
+    return pd.DataFrame(out, columns=cols).set_index("module")
 
 
 @presentation

@@ -330,3 +330,37 @@ def test_paper_examples_are_table_10_in_full():
     assert list(dict.fromkeys(flat["model"])) == ["GPT-2", "toxic LoRA", "negated-LoRA"]
     assert flat["text"].str.startswith(unlearning.PROMPT.strip()).all() and flat["text"].str.len().max() > 500  # not cut
     assert flat["toxicity [Detoxify]"].max() == 0.96169 and flat["toxicity [Detoxify]"].min() == 0.00033
+
+
+def test_selected_lambda_is_sampled_again_paired_with_the_base(lab, result):
+    n, small = lab.cfg.confirm_samples, lab.cfg.n_samples
+    assert n > small and len(result.confirm_base["scores"]) == n and "ppl" not in result.confirm_base
+    # seeded per batch: the larger sample starts with the curve's own generations
+    assert result.confirm_base["samples"][:small] == result.base["samples"]
+    for kind in result.modules:
+        r, lam = result.confirmed[kind], result.chosen[kind]
+        assert len(r["scores"]) == n and r["lam"] == lam and r["op"] == ("base" if lam == 0.0 else "negated")
+        if lam > 0:
+            assert r["samples"][:small] == result.negated[kind]["samples"]
+    # the settings' own size: the curve's measurement stands for itself
+    again = lab.resample("lora", lab.identity("lora"), small)
+    assert again["samples"] == result.base["samples"] and again["scores"] == result.base["scores"]
+
+
+def test_confirmation_facts_and_table_follow_the_larger_sample(result):
+    f = unlearning.facts(result)
+    assert f["confirm_samples"] == len(result.confirm_base["scores"]) and f["base_conf_tox"] == result.confirm_base["toxicity"]
+    below = []
+    for kind in result.modules:
+        ci = unlearning.versus_base(result.confirmed[kind], result.confirm_base)["toxicity"]
+        assert (f[f"{kind}_conf_diff_low"], f[f"{kind}_conf_diff_high"]) == (ci.low, ci.high)
+        if result.chosen[kind] > 0 and ci.high < 0:
+            below.append(unlearning.KIND_NAMES[kind])
+    assert f["conf_below"] == (", ".join(below) or "none")
+    t = unlearning.confirmation_table(result, "fake-vowels")
+    assert list(t.index) == [unlearning.KIND_NAMES[k] for k in result.modules]
+    assert (t["samples"] == len(result.confirm_base["scores"])).all()
+    for kind in result.modules:
+        row = t.loc[unlearning.KIND_NAMES[kind]]
+        assert row["selected λ"] == result.chosen[kind]
+        assert (row["below the base model?"] == "yes") == (unlearning.KIND_NAMES[kind] in below)
