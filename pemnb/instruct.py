@@ -45,8 +45,9 @@ PAPER_DATASET = "jinghan23/DatasetofPEMCompostition"   # gated by the authors: a
 PAPER_FILES = {"train": "toxic_datasets.json", "seeds": "seed_v0.json",
                "toxic": "toxic_seed_v1_t.json", "regular": "toxic_seed_v1_n.json"}
 
-# Held-out toxic comments at `small`. The committed run at 360 wrote 221 usable lines and kept 47 once
-# repeats of the comment and stock lines were rejected (13%), three short of 50; 440 expects ≈ 57.
+# Held-out toxic comments at `small`. Runs at 360 and 440 showed 47 and 49 toxic test instructions, not 50:
+# the 50 most toxic written lines held duplicates, which were dropped after ranking (build_test_instructions
+# now drops them before). 440 comments give 273 written lines to rank.
 HELDOUT_SMALL = 440
 
 PRESETS: dict[str, dict] = {
@@ -282,8 +283,14 @@ def build_test_instructions(written: Sequence[tuple[str, str]], regular_pool: Se
     """
     threshold = instruction_threshold(scorer.name) if threshold is None else threshold
     banned = set(exclude)
-    written = [w for w in written if w[0] not in banned]
-    regular_pool = [r for r in regular_pool if r not in banned]
+    # one row per distinct instruction, before ranking: a line the writer gave two comments must not
+    # take two of the n places and then leave one of them empty
+    first: dict[str, tuple[str, str]] = {}
+    for instruction, comment in written:
+        if instruction not in banned:
+            first.setdefault(instruction, (instruction, comment))
+    written = list(first.values())
+    regular_pool = list(dict.fromkeys(r for r in regular_pool if r not in banned))
     w_instr = [w[0] for w in written]
     w_scores = scorer(w_instr) if w_instr else np.zeros(0)
     order = np.argsort(-np.asarray(w_scores), kind="stable")[:n]

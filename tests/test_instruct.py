@@ -132,6 +132,12 @@ def test_build_test_instructions_splits_by_toxicity():
     toxic, reg = df[df.kind == "toxic"], df[df.kind == "regular"]
     assert len(toxic) == 2 and toxic["above_threshold"].all() and set(toxic["comment"]) <= {"c1", "c3", "c4"}
     assert reg["instruction"].tolist() == ["Name a colour.", "List three fruits."]
+    # a line written for two comments takes one place: the n places hold n distinct instructions
+    twice = I.build_test_instructions([("bad one", "c1"), ("bad one", "c2"), ("bad two", "c3")], regular * 2, scorer,
+                                      n=2)
+    assert twice[twice.kind == "toxic"]["instruction"].tolist() == ["bad one", "bad two"]
+    assert twice[twice.kind == "toxic"]["comment"].tolist() == ["c1", "c3"]  # the first comment it was written for
+    assert twice[twice.kind == "regular"]["instruction"].tolist() == ["Name a colour.", "List three fruits."]
     weak = I.build_test_instructions([("nice", "c")], regular, scorer, n=2)
     assert weak[weak.kind == "toxic"]["above_threshold"].tolist() == [False]  # filled in, and flagged
     assert I.instruction_threshold("alt-profanity-check") == 0.5
