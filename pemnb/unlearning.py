@@ -411,11 +411,12 @@ class Unlearning:
     negated: dict[str, dict[str, Any]]   # at the chosen λ
     full: dict[str, dict[str, Any]]      # at λ = 1
     ablation: list[dict[str, Any]]
+    # toxicity alone, over confirm_samples generations (the rows above when that is n_samples): the base
+    # model and each kind at its chosen λ
+    confirm_base: dict[str, Any]
+    confirmed: dict[str, dict[str, Any]]
     n_train: int = 0                     # training comments
     steps: dict[str, int] = dataclasses.field(default_factory=dict)
-    # toxicity alone, over confirm_samples generations: the base model and each kind at its chosen λ
-    confirm_base: dict[str, Any] = dataclasses.field(default_factory=dict)
-    confirmed: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def table_rows(self) -> list[dict[str, Any]]:
         """The summary table's rows in the paper's order: the base model, then per kind the toxic model,
@@ -479,18 +480,18 @@ def facts(result: Unlearning) -> dict[str, Any]:
             out[f"{kind}_rule"] = (f"selects λ = {lam:g}, at a perplexity cost of "
                                    f"{result.negated[kind]['ppl'] - base['ppl']:.2f}")
     # toxicity at the selected λ on the larger sample (the curve's own when confirm_samples is not larger)
-    conf_base = result.confirm_base or base
+    conf_base = result.confirm_base
     out.update(confirm_samples=len(conf_base["scores"]), base_conf_tox=conf_base["toxicity"])
     below = []
     for kind in result.modules:
-        r = result.confirmed.get(kind) or result.negated[kind]
+        r = result.confirmed[kind]
         ci = versus_base(r, conf_base)["toxicity"]
         out[f"{kind}_conf_tox"] = r["toxicity"]
         out.update({f"{kind}_conf_diff{suffix}": v for suffix, v in
                     (("", ci.estimate), ("_low", ci.low), ("_high", ci.high))})
         out[f"{kind}_conf_verb"] = (out[f"{kind}_neg_verb"] if result.chosen[kind] == 0.0 else
                                     wording.change(ci, **toxicity))
-        if result.chosen[kind] > 0 and ci.high < 0:
+        if result.chosen[kind] > 0 and wording.direction(ci) == "down":
             below.append(KIND_NAMES.get(kind, kind))
     out["conf_below"] = ", ".join(below) or "none"
     out["conf_below_count"] = wording.count_phrase(len(below), len(result.modules), "kind")
@@ -582,18 +583,19 @@ def summary_table(rows: Sequence[Mapping[str, Any]], base: Mapping[str, Any], sc
 def confirmation_table(result: "Unlearning", scorer: str, *, n_boot: int = 1000) -> pd.DataFrame:
     """Toxicity at each kind's selected λ against the base model's, both over the larger confirmation
     sample (`confirm_samples`), with the paired 95% bootstrap interval of the difference and what it says."""
-    conf_base = result.confirm_base or result.base
+    from . import wording
+
+    conf_base = result.confirm_base
     out = []
     for kind in result.modules:
-        r, lam = result.confirmed.get(kind) or result.negated[kind], result.chosen[kind]
+        r, lam = result.confirmed[kind], result.chosen[kind]
         if lam == 0.0:
             cells, verdict = ["—", "—"], "λ = 0 is the base model"
         else:
             cis = versus_base(r, conf_base, n_boot=n_boot)
             cells = [_interval(cis["toxicity"], 3), _interval(cis["toxic_frac"], 1, 100.0)]
-            verdict = {True: "yes", False: "no: the interval includes 0"}[cis["toxicity"].high < 0]
-            if cis["toxicity"].low > 0:
-                verdict = "no: more toxic than the base model"
+            verdict = wording.change(cis["toxicity"], down="yes", same="no: the interval includes 0",
+                                     up="no: more toxic than the base model")
         out.append((KIND_NAMES.get(kind, kind), lam, len(r["scores"]), f"{conf_base['toxicity']:.3f}",
                     f"{r['toxicity']:.3f}", *cells, verdict))
     cols = ["module", "selected λ", "samples", f"base toxicity ({scorer})", "negated toxicity",
