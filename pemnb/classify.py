@@ -59,6 +59,9 @@ class ClassifierBench(WritesInPlace):
         self.init_state = read_state(self.model)
         # bfloat16 autocast for evaluation and training: the profile's choice on this hardware.
         self.autocast_bf16 = precision.resolve(profile.autocast_bf16, next(self.model.parameters()).device)
+        # The head's own rate applies where peft trains it beside the module; a full fine-tune trains
+        # head and body at one rate.
+        self.head_lr = profile.head_lr if kind != "fft" else None
 
     # ------------------------------------------------------------------------------------ data
     def examples(self, ds) -> list[dict]:
@@ -83,7 +86,8 @@ class ClassifierBench(WritesInPlace):
                 "lora_alpha": p.lora_alpha, "init_seed": p.seed, "seed": seed, "steps": steps, "lr": lr,
                 "batch_size": p.batch_size, "data": fingerprint(ds), "n": len(ds),
                 "code": code_version((TRAIN_METHOD,)),  # the method that calls the loop (the cache adds the loop)
-                **({"autocast_bf16": True} if self.autocast_bf16 else {})}  # in the key only when on
+                **({"autocast_bf16": True} if self.autocast_bf16 else {}),  # in the key only when on
+                **({"head_lr": self.head_lr} if self.head_lr is not None else {})}
 
     def train(self, ds, *, tag: str, seed: int | None = None, steps: int | None = None,
               lr: float | None = None, weight_decay: float = 0.0) -> dict[str, torch.Tensor]:
@@ -104,7 +108,8 @@ class ClassifierBench(WritesInPlace):
         result = train_module(self.model, self.examples(ds), steps=steps, lr=lr, batch_size=p.batch_size,
                               seed=seed, pad_token_id=self.tokenizer.pad_token_id, weight_decay=weight_decay,
                               checkpoint_dir=self.cache.scratch(parts), desc=f"{self.kind} {tag}",
-                              autocast_bf16=self.autocast_bf16, progress=self.progress, micro_batch_size=p.micro_batch)
+                              autocast_bf16=self.autocast_bf16, progress=self.progress, micro_batch_size=p.micro_batch,
+                              head_lr=self.head_lr)
         state = read_state(self.model)
         self.forget_writer()  # training may have replaced parameter objects: look them up again
         if is_main_process():  # under `accelerate launch` every rank holds the same module; one writes it

@@ -225,12 +225,28 @@ def _resume(ckpt: Path, model, optimizer, scheduler, steps: int, discard: bool) 
     return 0, []
 
 
+def head_parameter_groups(model, lr: float, head_lr: float | None) -> list[dict]:
+    """The optimizer's parameter groups: the trainable parameters at `lr`, except those of a head that
+    peft trains beside the module (``modules_to_save``), which get `head_lr` when it is given.
+
+    A fresh, randomly initialised head has to move much further than a LoRA factor does: at LoRA's
+    rate, chapter 01's STS-B regression head stays near its initialisation and the Pearson stays near
+    0 (see the README's "How a budget is chosen").
+    """
+    if lr <= 0 or (head_lr is not None and head_lr <= 0):
+        raise ValueError(f"learning rates must be positive, got lr={lr}, head_lr={head_lr}")
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in trainable if ".modules_to_save." in n] if head_lr is not None else []
+    rest = [p for n, p in trainable if not (head_lr is not None and ".modules_to_save." in n)]
+    return [{"params": rest, "lr": lr}] + ([{"params": head, "lr": head_lr}] if head else [])
+
+
 def train_module(model, examples: Sequence[dict], *, steps: int, lr: float, batch_size: int, seed: int,
                  pad_token_id: int, weight_decay: float = 0.0, warmup_ratio: float = 0.06,
                  checkpoint_dir: str | Path | None = None, checkpoint_every: int | None = None,
                  checkpoint_seconds: float = 60.0, desc: str = "train", progress: bool = True,
                  stop_after: int | None = None, micro_batch_size: int | None = None,
-                 autocast_bf16: bool = False) -> TrainResult:
+                 autocast_bf16: bool = False, head_lr: float | None = None) -> TrainResult:
     """Train the module attached to `model` (see modules.attach) on tokenised `examples`, in place.
 
     Every example is a dict of lists/scalars the model's forward takes (labels included); batches are
@@ -245,6 +261,9 @@ def train_module(model, examples: Sequence[dict], *, steps: int, lr: float, batc
     :func:`loss_units`), so the gradient is the one-pass gradient of the whole batch whatever the
     number of processes and passes (to float rounding). `autocast_bf16` computes the forward passes in
     bfloat16 (:mod:`pemnb.precision`); parameters, gradients and the optimizer stay float32.
+
+    `head_lr` is the learning rate of a classification head trained beside a LoRA or (IA)³ module
+    (peft's ``modules_to_save`` copy, see :func:`head_parameter_groups`); None trains it at `lr`.
     """
     from accelerate import Accelerator
     from .progress import tqdm
@@ -262,8 +281,7 @@ def train_module(model, examples: Sequence[dict], *, steps: int, lr: float, batc
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     random.seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(head_parameter_groups(model, lr, head_lr), lr=lr, weight_decay=weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
     start, losses = 0, []
     ckpt = Path(checkpoint_dir) / "checkpoint" if checkpoint_dir else None

@@ -28,6 +28,15 @@ def test_profiles_describe_their_scale():
     assert len(PROFILES["paper"].lam_grid) == 51  # 0 to 1 by 0.02
 
 
+def test_a_chapter_with_its_own_settings_prints_only_what_it_takes_from_the_profile():
+    small = PROFILES["small"]
+    own = small.describe(own_settings=True)
+    assert "profile      : small" in own and small.decoder in own and "seed" in own
+    assert "steps" not in own.split("\n")[0] and "train size" not in own and "λ grid" not in own
+    assert "head lr      : 0.02" in own  # chapter 04's classifiers take the head's rate from the profile
+    assert "head lr" not in PROFILES["paper"].describe(own_settings=True)  # paper: the module's rate
+
+
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone"):
         get_backbone("gpt5")

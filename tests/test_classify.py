@@ -68,3 +68,17 @@ def test_evaluations_are_cached_by_state_and_data(shared_data, tmp_path, monkeyp
     plain = EvalBatches(bench.examples(ev), bench.tokenizer.pad_token_id, 8)       # no cache key: always computed
     assert bench.evaluate(theta, plain) == first
     assert len(calls) == 3
+
+
+def test_a_head_rate_is_part_of_a_modules_identity(shared_data, tmp_path):
+    ds = data.subsample(data.load("glue/sst2", "train"), 16, seed=0)
+    plain = load_profile("smoke", steps=2)
+    faster_head = load_profile("smoke", steps=2, head_lr=5e-2)
+    keys = {(kind, p.head_lr): ClassifierBench(p, "glue/sst2", kind, cache=Cache(tmp_path), progress=False)
+            .module_key(ds, "t", 0, 2, 1e-3) for kind in ("lora", "fft") for p in (plain, faster_head)}
+    assert "head_lr" not in keys[("lora", None)] and keys[("lora", 5e-2)]["head_lr"] == 5e-2
+    assert keys[("fft", None)] == keys[("fft", 5e-2)]  # a full fine-tune trains its head at its one rate
+    a = ClassifierBench(plain, "glue/sst2", "lora", cache=Cache(tmp_path), progress=False).train(ds, tag="t")
+    b = ClassifierBench(faster_head, "glue/sst2", "lora", cache=Cache(tmp_path), progress=False).train(ds, tag="t")
+    head = [k for k in a if "classifier" in k and k.endswith("weight")]
+    assert head and not torch.equal(a[head[0]], b[head[0]])  # not handed the other rate's cached module

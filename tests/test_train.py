@@ -82,3 +82,27 @@ def test_training_without_a_module_fails_clearly():
     with pytest.raises(ValueError, match="no module attached"):
         train_module(model, toy_examples(tok), steps=1, lr=1e-3, batch_size=2, seed=0,
                      pad_token_id=tok.pad_token_id, progress=False)
+
+
+def test_the_head_beside_a_module_trains_at_its_own_rate():
+    from pemnb.train import head_parameter_groups
+
+    model, tok = fresh("lora")
+    groups = head_parameter_groups(model, 1e-3, 2e-2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [g["lr"] for g in groups] == [1e-3, 2e-2]
+    assert all(".modules_to_save." in names[id(p)] for p in groups[1]["params"])
+    assert not any(".modules_to_save." in names[id(p)] for p in groups[0]["params"])
+    assert len(head_parameter_groups(model, 1e-3, None)) == 1  # no head rate: one group, as peft trains it
+    with pytest.raises(ValueError, match="positive"):
+        head_parameter_groups(model, 1e-3, 0.0)
+
+    # Adam's first step moves every parameter with a gradient by its group's rate (no warm-up at 1 step).
+    before = dict((n, p.detach().clone()) for n, p in model.named_parameters() if p.requires_grad)
+    train_module(model, toy_examples(tok), steps=1, lr=1e-3, batch_size=8, seed=0, head_lr=2e-2,
+                 pad_token_id=tok.pad_token_id, progress=False)
+    moved = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters() if n in before}
+    head = torch.cat([d.flatten() for n, d in moved.items() if ".modules_to_save." in n and n.endswith("weight")])
+    lora_b = torch.cat([d.flatten() for n, d in moved.items() if "lora_B" in n])
+    torch.testing.assert_close(head.median(), torch.tensor(2e-2), rtol=1e-2, atol=0)
+    torch.testing.assert_close(lora_b.median(), torch.tensor(1e-3), rtol=1e-2, atol=0)
