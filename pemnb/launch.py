@@ -163,11 +163,24 @@ CHAPTERS: dict[str, Callable[..., list[str]]] = {"00": train_00, "01": train_01,
 
 
 def train_chapter(chapter: str, profile: Profile, kinds: Sequence[str] | None = None,
-                  progress: bool = True) -> list[str]:
-    """Train (or find in the cache) every module chapter `chapter` ("00" … "06") uses; their names."""
+                  progress: bool = True, tasks: Sequence[str] | None = None) -> list[str]:
+    """Train (or find in the cache) every module chapter `chapter` ("00" … "06") uses; their names.
+
+    `tasks` (chapter 01 only) trains those tasks' modules, in that order: a second process can train
+    the last tasks while the notebook trains the first ones (see the README's "What a build costs")."""
     if chapter not in CHAPTERS:
         raise ValueError(f"unknown chapter {chapter!r}; choose one of {sorted(CHAPTERS)}")
-    return CHAPTERS[chapter](profile, kinds, progress)
+    if tasks is None:
+        return CHAPTERS[chapter](profile, kinds, progress)
+    if chapter != "01":
+        raise ValueError(f"--tasks selects chapter 01's tasks; chapter {chapter} has no task list to select from")
+    from . import distribution
+
+    known = distribution.settings(profile).tasks
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; chapter 01 at {profile.name} has {list(known)}")
+    return train_01(profile, kinds, progress, tasks=tasks)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile", default=None, help="smoke | small | paper (default: $PEMNB_PROFILE or small)")
     ap.add_argument("--kinds", nargs="+", default=None, choices=["fft", "lora", "ia3"],
                     help="train only these module kinds (default: the chapter's)")
+    ap.add_argument("--tasks", nargs="+", default=None,
+                    help="chapter 01 only: train these tasks' modules, in this order (default: all)")
     args = ap.parse_args(argv)
     from .classify import is_main_process
 
@@ -184,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     profile = load_profile(args.profile)
     for chapter in chapters:
         t0 = time.perf_counter()
-        names = train_chapter(chapter, profile, args.kinds, progress=True)
+        names = train_chapter(chapter, profile, args.kinds, progress=True, tasks=args.tasks)
         if is_main_process():
             print(f"[pemnb.launch] chapter {chapter} at {profile.name}: {len(names)} modules in the cache "
                   f"({time.perf_counter() - t0:.0f} s): {', '.join(names)}")

@@ -17,6 +17,16 @@ def test_every_chapter_has_an_entry_and_an_unknown_one_is_refused():
         launch.train_chapter("07", load_profile("smoke"))
 
 
+def test_chapter_01_can_train_some_of_its_tasks_and_a_wrong_selection_is_refused(shared_data):
+    profile = load_profile("smoke")
+    names = launch.train_chapter("01", profile, ["lora"], progress=False, tasks=["stsb", "rte"])
+    assert names == [f"lora {t}-{sub}" for t in ("stsb", "rte") for sub in ("s0", "s1", "fullset")]
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['glue'\]"):
+        launch.train_chapter("01", profile, ["lora"], progress=False, tasks=["glue"])
+    with pytest.raises(ValueError, match="chapter 01's tasks"):
+        launch.train_chapter("02", profile, ["lora"], progress=False, tasks=["rte"])
+
+
 @pytest.mark.multiprocess
 def test_two_cpu_processes_train_chapter_00_and_the_chapter_finds_its_modules(shared_data, tmp_path, monkeypatch):
     """`accelerate launch --cpu --num_processes 2` at smoke, then chapter 00's own training calls (with
