@@ -75,8 +75,8 @@ def distribution_curves(profile, settings, *, tasks: Sequence[str], kinds: Seque
                                    pad_token_id=bench.tokenizer.pad_token_id, desc=f"{task} {kind}",
                                    progress=False, autocast_bf16=bench.autocast_bf16, head_lr=bench.head_lr)
             for r in curve:
-                rows.append({"task": task, "kind": kind, "lr": rate, "head_lr": bench.head_lr, "metric": metric, "score": r[metric],
-                             "reference": reference, "reference is": reference_is, "n_select": len(labels), **r})
+                rows.append({"task": task, "kind": kind, "lr": rate, "head_lr": bench.head_lr, "metric": metric,
+                             "score": r[metric], "reference": reference, "reference is": reference_is, "n_select": len(labels), **r})
                 print(f"{task:5s} {kind:4s} lr={rate:g} step {r['step']:4d}  loss {r['loss']:.3f}  "
                       f"{metric} {r[metric]:.3f}  ({reference_is} {reference:.3f})  {r['seconds']:.0f}s", flush=True)
     return rows
