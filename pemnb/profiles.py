@@ -93,33 +93,32 @@ class Profile:
         """The lines every notebook prints at its top, so each page records its scale.
 
         `own_settings`: the chapter sets its own sizes, steps and rates (and prints them next), so only
-        what it takes from the profile is shown: the profile, backbones, seed, compute and head rate.
+        what it takes from the profile is shown: the profile, backbones, seed and compute.
         """
-        head = f"{self.head_lr:g}" if self.head_lr is not None else None
-        rows = {  # label -> value; None leaves the line out
-            "profile": self.name,
-            "encoder": self.encoder,
-            "decoder": self.decoder + (f"   (paper seq2seq: {self.seq2seq})" if self.seq2seq else ""),
-            "train size": f"{self.train_size} examples per module",
-            "eval size": self.eval_size if self.eval_size is not None else "full split",
-            "steps": f"{self.steps} (batch {self.batch_size}, max length {self.max_length}"
-                     + (f", micro-batch {self.micro_batch}" if self.micro_batch else "") + ")",
-            "lr": ", ".join(f"{k}={v:g}" for k, v in self.lr.items())
-                  + (f"; classification head beside LoRA/(IA)³: {head}" if head else ""),
-            "LoRA": f"r={self.lora_r}, alpha={self.lora_alpha}",
-            "λ grid": f"{len(self.lam_grid)} points from {self.lam_grid[0]} to {self.lam_grid[-1]}",
-            "seed": self.seed,
-            "compute": ("bfloat16 autocast (evaluation and training; weights float32)"
-                        + (" where the hardware has it" if self.autocast_bf16 == "auto" else ""))
-                       if self.autocast_bf16 else None,
-            "dtype": f"{self.dtype} (frozen LLaMA-7B weights; trained weights fp32)" if self.dtype != "float32" else None,
-        }
         if own_settings:
-            rows = {label: rows[label] for label in ("profile", "encoder", "decoder", "seed", "compute", "dtype")}
-            rows["head lr"] = f"{head} (a classification head trained beside LoRA/(IA)³)" if head else None
-        lines = [f"{label:13s}: {value}" for label, value in rows.items() if value is not None]
-        if own_settings:
-            lines.append("sizes, steps, rates: this chapter's own settings, below")
+            keep = ("profile", "encoder", "decoder", "seed", "compute", "dtype")
+            shared = [x for x in self.describe().splitlines() if x.split(" ")[0] in keep]
+            head = [f"head lr      : {self.head_lr:g} (a classification head trained beside LoRA/(IA)³)"
+                    ] if self.head_lr is not None else []
+            return "\n".join(shared + head + ["sizes, steps, rates: this chapter's own settings, below"])
+        lines = [
+            f"profile      : {self.name}",
+            f"encoder      : {self.encoder}",
+            f"decoder      : {self.decoder}" + (f"   (paper seq2seq: {self.seq2seq})" if self.seq2seq else ""),
+            f"train size   : {self.train_size} examples per module",
+            f"eval size    : {self.eval_size if self.eval_size is not None else 'full split'}",
+            f"steps        : {self.steps} (batch {self.batch_size}, max length {self.max_length}"
+            + (f", micro-batch {self.micro_batch}" if self.micro_batch else "") + ")",
+            f"lr           : " + ", ".join(f"{k}={v:g}" for k, v in self.lr.items())
+            + (f"; classification head beside LoRA/(IA)³: {self.head_lr:g}" if self.head_lr is not None else ""),
+            f"LoRA         : r={self.lora_r}, alpha={self.lora_alpha}",
+            f"λ grid       : {len(self.lam_grid)} points from {self.lam_grid[0]} to {self.lam_grid[-1]}",
+            f"seed         : {self.seed}",
+            *([f"compute      : bfloat16 autocast (evaluation and training; weights float32)"
+               + (" where the hardware has it" if self.autocast_bf16 == "auto" else "")]
+              if self.autocast_bf16 else []),
+        ] + ([f"dtype        : {self.dtype} (frozen LLaMA-7B weights; trained weights fp32)"]
+             if self.dtype != "float32" else [])
         return "\n".join(lines)
 
 

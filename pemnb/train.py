@@ -235,10 +235,9 @@ def head_parameter_groups(model, lr: float, head_lr: float | None) -> list[dict]
     """
     if lr <= 0 or (head_lr is not None and head_lr <= 0):
         raise ValueError(f"learning rates must be positive, got lr={lr}, head_lr={head_lr}")
-    head, rest = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (head if head_lr is not None and ".modules_to_save." in name else rest).append(p)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in trainable if ".modules_to_save." in n] if head_lr is not None else []
+    rest = [p for n, p in trainable if not (head_lr is not None and ".modules_to_save." in n)]
     return [{"params": rest, "lr": lr}] + ([{"params": head, "lr": head_lr}] if head else [])
 
 
