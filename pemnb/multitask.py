@@ -99,7 +99,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_rows": {"mnli": 2000, "rte": 2490},
         "eval_rows": {"mnli": 120, "rte": None},
         "mnli_train_split": "validation_matched",
-        "hparams": {t: {"fft": {"lr": 1e-4, "steps": 32, "batch": 8}, "lora": {"lr": 2e-3, "steps": 300, "batch": 8},
+        # Session 15: RTE's LoRA module trains at 5e-3, the paper's RTE rate (Table 8), not 2e-3: at 2e-3 its
+        # training loss over " yes"/" no" and the EOS after it stays ≈ 0.34, i.e. ≈ ln 2 on the answer word
+        # (chance), and a held-out curve at 1e-2 diverged (losses 2–7 by step 46; stopped). The 5e-3 curve
+        # is in results/budget/02_multitask.jsonl. MNLI keeps 2e-3 (its rate in the paper too).
+        "hparams": {t: {"fft": {"lr": 1e-4, "steps": 32, "batch": 8},
+                        "lora": {"lr": {"mnli": 2e-3, "rte": 5e-3}[t], "steps": 300, "batch": 8},
                         "ia3": {"lr": 2e-2, "steps": 192, "batch": 8}} for t in TASKS},
         "lora_r": 8, "lora_alpha": 16,
         "max_length": 128,

@@ -33,20 +33,25 @@ pd.set_option("display.float_format", readable)
 pd.set_option("styler.format.precision", 3)
 
 
-def provenance(profile: Profile, **extra: Any) -> pd.DataFrame:
+def provenance(profile: Profile, *, own_settings: bool = False, **extra: Any) -> pd.DataFrame:
     """What produced a page's numbers: profile, models, data sizes, seed, plus chapter extras
-    (data sizes, scorer…). Shown at the top of every chapter."""
+    (data sizes, scorer…). Shown at the top of every chapter.
+
+    `own_settings`: the chapter sets its own sizes, steps and rates (and gives them in `extra`), so the
+    profile's shared ones, which it does not use, are left out (as :meth:`Profile.describe` does).
+    """
     import torch
     import transformers
 
+    shared = [("train size / module", profile.train_size),
+              ("eval size", profile.eval_size if profile.eval_size is not None else "full split"),
+              ("steps × batch", f"{profile.steps} × {profile.batch_size}"),
+              ("learning rates", ", ".join(f"{k} {v:g}" for k, v in profile.lr.items())),
+              ("LoRA r / α", f"{profile.lora_r} / {profile.lora_alpha}")]
     rows = [("profile", profile.name),
             ("encoder", f"{profile.encoder} — {get_backbone(profile.encoder).note or get_backbone(profile.encoder).hub_id}"),
             ("decoder", f"{profile.decoder} — {get_backbone(profile.decoder).note or get_backbone(profile.decoder).hub_id}"),
-            ("train size / module", profile.train_size),
-            ("eval size", profile.eval_size if profile.eval_size is not None else "full split"),
-            ("steps × batch", f"{profile.steps} × {profile.batch_size}"),
-            ("learning rates", ", ".join(f"{k} {v:g}" for k, v in profile.lr.items())),
-            ("LoRA r / α", f"{profile.lora_r} / {profile.lora_alpha}"),
+            *([] if own_settings else shared),
             ("seed", profile.seed)]
     rows += [(k.replace("_", " "), v) for k, v in extra.items()]
     rows += [("software", f"pemnb {__version__}, torch {torch.__version__}, transformers "

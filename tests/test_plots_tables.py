@@ -87,6 +87,11 @@ def test_provenance_and_reported_tables_say_where_numbers_come_from():
     prov = tables.provenance(p, scorer="alt-profanity-check", train_rows=64)
     assert prov.loc["profile", "value"] == "smoke" and prov.loc["scorer", "value"] == "alt-profanity-check"
     assert prov.loc["seed", "value"] == 0 and "train rows" in prov.index
+    assert prov.loc["steps × batch", "value"] == f"{p.steps} × {p.batch_size}"
+    own = tables.provenance(p, own_settings=True, steps="RTE lora 300×8")
+    # a chapter with its own settings shows them, never the profile's shared ones it does not use
+    assert "steps × batch" not in own.index and "learning rates" not in own.index and "LoRA r / α" not in own.index
+    assert own.loc["steps", "value"] == "RTE lora 300×8" and own.loc["seed", "value"] == 0
     rep = tables.reported([["GPT-2", 0.10, 5.8, 16.44]], ["method", "toxicity", "toxic %", "PPL"], "Table 11")
     assert rep.columns[0][0] == "reported in the paper (Table 11)"
 
