@@ -102,7 +102,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         # Session 15: RTE's LoRA module trains at 5e-3, the paper's RTE rate (Table 8), not 2e-3: at 2e-3 its
         # training loss over " yes"/" no" and the EOS after it stays ≈ 0.34, i.e. ≈ ln 2 on the answer word
         # (chance), and a held-out curve at 1e-2 diverged (losses 2–7 by step 46; stopped). The 5e-3 curve
-        # is in results/budget/02_multitask.jsonl. MNLI keeps 2e-3 (its rate in the paper too).
+        # is in results/budget/02_multitask.jsonl: 71% at 300 steps on the held-out training rows, as at 2e-3,
+        # so those rows cannot tell the rates apart; the rate is the paper's, not picked on the page's rows.
+        # MNLI keeps 2e-3 (its rate in the paper too). Measured (the run at 798b45b): LoRA RTE 63.9% against
+        # zero-shot 52.7% on the 277 validation rows, +11.2 points [+4.0, +19.1], so now beaten.
         "hparams": {t: {"fft": {"lr": 1e-4, "steps": 32, "batch": 8},
                         "lora": {"lr": {"mnli": 2e-3, "rte": 5e-3}[t], "steps": 300, "batch": 8},
                         "ia3": {"lr": 2e-2, "steps": 192, "batch": 8}} for t in TASKS},
