@@ -99,7 +99,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_rows": {"mnli": 2000, "rte": 2490},
         "eval_rows": {"mnli": 120, "rte": None},
         "mnli_train_split": "validation_matched",
-        # Session 15: RTE's LoRA module trains at 5e-3, the paper's RTE rate (Table 8), not 2e-3: at 2e-3 its
+        # RTE's LoRA module trains at 5e-3, the paper's RTE rate (Table 8), not 2e-3: at 2e-3 its
         # training loss over " yes"/" no" and the EOS after it stays ≈ 0.34, i.e. ≈ ln 2 on the answer word
         # (chance), and a held-out curve at 1e-2 diverged (losses 2–7 by step 46; stopped). The 5e-3 curve
         # is in results/budget/02_multitask.jsonl: 71% at 300 steps on the held-out training rows, as at 2e-3,
